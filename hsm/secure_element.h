@@ -1,0 +1,133 @@
+// The secure-element boundary (DESIGN.md, "The secure-element boundary").
+//
+// Only implementations of this interface ever see key bytes, and only in
+// SecureBuffers. Two storage shapes exist:
+//  - wrapped secrets (the PSK kinds Kpsa, Kpm, Km, Kc, pairwiseE2EKey): the
+//    catalog keeps an opaque blob wrapped under the token's key-encryption key;
+//    using one unwraps it inside the token into a cached session object.
+//  - token objects (Ke and signing keys): persistent, sensitive,
+//    non-extractable objects named by a random CKA_ID (TokenKeyRef).
+//
+// All methods are thread-safe. All failures throw hsm::Error.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "hsm/error.h"
+#include "hsm/secure_buffer.h"
+
+namespace m2mvault::hsm {
+
+using Bytes = std::vector<std::uint8_t>;
+using Hmac = std::array<std::uint8_t, 32>;
+
+enum class SigningAlgorithm { ec_p256, rsa_2048 };
+
+// How a digest is signed. ECDSA signatures are DER (ECDSA-Sig-Value), as
+// X.509 and TLS carry them.
+enum class SignatureScheme { ecdsa, rsa_pkcs1, rsa_pss };
+
+// A token-resident key. For the vault's own keys token_label is empty (the
+// vault's token) and object_id is the random CKA_ID the vault chose. An
+// adopted key (pre-provisioned by a manufacturer) names its token by label
+// and its object by CKA_ID or, when object_id is empty, by CKA_LABEL.
+struct TokenKeyRef {
+  std::string token_label;
+  Bytes object_id;
+  std::string object_label;
+};
+
+// The catalog's view of a wrapped secret: the blob returned by wrap_secret().
+struct WrappedSecretRef {
+  std::span<const std::uint8_t> blob;
+};
+
+using SecretRef = std::variant<WrappedSecretRef, TokenKeyRef>;
+
+struct BackendInfo {
+  std::string backend;        // "pkcs11" or "tpm2"
+  std::string module;         // module path or TCTI
+  std::string token_label;    // token label (PKCS#11) or "" (TPM)
+  std::string token_model;    // e.g. "SoftHSM v2"
+};
+
+class SecureElement {
+ public:
+  virtual ~SecureElement() = default;
+
+  virtual BackendInfo info() const = 0;
+
+  // --- wrapped secrets (PSK kinds) -------------------------------------
+
+  // Wraps `secret` (1..1024 bytes) under the KEK and returns the blob to
+  // store. The plaintext passes through a session object that is destroyed.
+  virtual Bytes wrap_secret(std::span<const std::uint8_t> secret) = 0;
+
+  // Returns the plaintext of a wrapped secret, for a handshake the daemon
+  // runs or an audited PSK release. The caller must not copy it elsewhere.
+  virtual SecureBuffer unwrap_secret(std::span<const std::uint8_t> blob) = 0;
+
+  // HMAC-SHA-256(parent, data) computed in the token, the result going
+  // straight into a new wrapped secret whose blob is returned. The output
+  // never leaves hsm/. Used for the TS-0003 10.3 derivations.
+  virtual Bytes derive_wrapped_secret(const SecretRef& parent,
+                                      std::span<const std::uint8_t> data) = 0;
+
+  // --- token objects (Ke, signing keys) --------------------------------
+
+  // A fresh random 16-byte CKA_ID for a new token object.
+  virtual Bytes new_object_id() = 0;
+
+  // Creates a persistent, sensitive, non-extractable secret usable only for
+  // HMAC-SHA-256 (Ke), tagged as the vault's. `object_id` from new_object_id().
+  virtual void create_token_secret(std::span<const std::uint8_t> object_id,
+                                   std::span<const std::uint8_t> secret) = 0;
+
+  // Generates a persistent key pair inside the token (private half sensitive
+  // and non-extractable), tagged as the vault's. Returns the public key as
+  // DER SubjectPublicKeyInfo.
+  virtual Bytes generate_signing_key(std::span<const std::uint8_t> object_id,
+                                     SigningAlgorithm algorithm) = 0;
+
+  // Checks that an existing token key pair can be used as a signing key and
+  // returns its public key (DER SubjectPublicKeyInfo) and algorithm. The
+  // object is not modified and will never be destroyed by the vault.
+  struct AdoptedKey {
+    Bytes public_key;
+    SigningAlgorithm algorithm;
+    Bytes object_id;  // the CKA_ID found (filled in when adopted by label)
+  };
+  virtual AdoptedKey adopt_signing_key(const TokenKeyRef& ref) = 0;
+
+  // True when the vault's token holds an object tagged as the vault's with
+  // this CKA_ID.
+  virtual bool token_object_exists(std::span<const std::uint8_t> object_id) = 0;
+
+  // Destroys every object of the vault's token tagged as the vault's with
+  // this CKA_ID (private, public, secret). Missing objects are not an error.
+  virtual void destroy_token_object(std::span<const std::uint8_t> object_id) = 0;
+
+  // CKA_IDs of all objects tagged as the vault's keys (never the KEK or the
+  // audit key), for reconciliation at start.
+  virtual std::vector<Bytes> list_vault_objects() = 0;
+
+  // --- operations -------------------------------------------------------
+
+  // HMAC-SHA-256 computed with the key inside the token. Works for keys of
+  // any length (short keys are held zero-padded, which HMAC treats alike).
+  virtual Hmac hmac_sha256(const SecretRef& key, std::span<const std::uint8_t> data) = 0;
+
+  // Signs a precomputed digest inside the token.
+  virtual Bytes sign_digest(const TokenKeyRef& key, SignatureScheme scheme,
+                            std::span<const std::uint8_t> digest) = 0;
+
+  // The public key of a token key pair, DER SubjectPublicKeyInfo.
+  virtual Bytes public_key(const TokenKeyRef& key) = 0;
+};
+
+}  // namespace m2mvault::hsm

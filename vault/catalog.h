@@ -1,0 +1,52 @@
+// The key catalog: SQLite in WAL mode. Holds every key's metadata and, for
+// PSK kinds, the wrapped blob. Names and identifiers share one namespace.
+//
+// Durability: a call that creates, completes or removes a key returns only
+// after its transaction is on disk. Concurrent writers are committed together
+// in one transaction (group commit), so N concurrent creations cost about one
+// fsync, not N.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include "vault/key_model.h"
+
+namespace m2mvault::vault {
+
+class Catalog {
+ public:
+  // Opens (creating if absent) the catalog at `path`. Throws Error(internal)
+  // naming the file if SQLite cannot open it or the schema is newer.
+  static std::unique_ptr<Catalog> open(const std::filesystem::path& path);
+  virtual ~Catalog() = default;
+
+  // Inserts an active key. The record's name and identifier (canonical forms
+  // computed here) must be unused by any key's name or identifier, else
+  // Error(conflict) naming the clash. Returns the record with `row` set.
+  virtual KeyRecord insert(KeyRecord record) = 0;
+
+  // Two-phase create of a token-resident key: insert_pending() makes the row
+  // durable in state "pending" (name reserved, same conflict rules);
+  // remove() drops a row (pending or active), durably.
+  virtual KeyRecord insert_pending(KeyRecord record) = 0;
+  // activate() marks it active (durable), storing `public_key` when non-empty.
+  virtual void activate(std::int64_t row, const std::vector<std::uint8_t>& public_key = {}) = 0;
+  virtual void remove(std::int64_t row) = 0;
+
+  // Active key whose canonical name or canonical identifier equals the
+  // canonical form of `name_or_identifier`.
+  virtual std::optional<KeyRecord> find(std::string_view name_or_identifier) = 0;
+  // Active keys, ordered by name; all kinds when `kind` is empty.
+  virtual std::vector<KeyRecord> list(std::optional<KeyKind> kind = std::nullopt) = 0;
+  // Rows still pending (for reconciliation at start).
+  virtual std::vector<KeyRecord> pending() = 0;
+  // Number of active keys.
+  virtual std::size_t count() = 0;
+};
+
+}  // namespace m2mvault::vault

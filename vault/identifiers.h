@@ -1,0 +1,43 @@
+// oneM2M credential identifiers and key names (SPEC-NOTES.md "Identifiers").
+//
+// Syntax `Relative@FQDN`. The relative part depends on the kind:
+//  - kpsa, km, kpm: letters, digits, '.', '_', '-'.
+//  - ke, kc, e2e: encode(16 bytes): base64 (RFC 4648, padded, 24 chars) or
+//    hexBinary (32 hex digits).
+// Canonical form (the catalog's unique key): FQDN lowercased; relative part
+// exact, except hexBinary relative parts, which are lowercased.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "vault/key_model.h"
+
+namespace m2mvault::vault {
+
+struct Identifier {
+  std::string relative;
+  std::string fqdn;
+};
+
+// Validates `text` as an identifier of `kind` (never for signing keys) and
+// returns its canonical form. Throws Error(invalid_argument) with a message
+// that names the identifier and what is wrong with it.
+std::string canonical_identifier(KeyKind kind, std::string_view text);
+
+// Splits without validation-by-kind; nullopt when there is no single '@' or
+// either side is empty.
+std::optional<Identifier> split_identifier(std::string_view text);
+
+// True for a syntactically valid FQDN (labels of letters, digits, '-', not
+// starting or ending with '-', 1..63 chars each, 253 chars at most).
+bool is_valid_fqdn(std::string_view fqdn);
+
+// Validates a key name (1..255 chars of letters, digits and . _ - @ + / =,
+// not starting with '-') and returns its canonical form: a name that parses as
+// `Relative@FQDN` has its FQDN lowercased (and a hex relative part
+// lowercased); any other name is kept exactly. Throws Error(invalid_argument).
+std::string canonical_name(std::string_view name);
+
+}  // namespace m2mvault::vault
