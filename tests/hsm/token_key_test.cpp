@@ -1,0 +1,181 @@
+// Token objects: signing keys through libp11, Ke, reconciliation helpers,
+// adopted keys, and the non-exportability the design promises.
+#include <gtest/gtest.h>
+#include <openssl/ec.h>
+
+#include <algorithm>
+
+#include "hsm/pkcs11/pkcs11_backend.h"
+#include "tests/hsm/hsm_environment.h"
+#include "tests/hsm/raw_pkcs11.h"
+#include "tests/hsm/test_support.h"
+
+namespace m2mvault::hsm::testing {
+namespace {
+
+SecureElement& backend() {
+  return *setup().backend;
+}
+
+void expect_signs_and_verifies(const TokenKeyRef& ref, std::span<const std::uint8_t> spki,
+                               SignatureScheme scheme) {
+  const Pkey public_key = parse_spki(spki);
+  ASSERT_TRUE(public_key);
+  Bytes digest = sha256(text_bytes("to be signed"));
+  const Bytes signature = backend().sign_digest(ref, scheme, digest);
+  EXPECT_TRUE(verifies(public_key.get(), scheme, digest, signature));
+  digest[0] ^= 0x80;
+  EXPECT_FALSE(verifies(public_key.get(), scheme, digest, signature));
+}
+
+TEST(SigningKey, EcP256SignsDigestsThatOpenSslVerifies) {
+  const Bytes id = backend().new_object_id();
+  const Bytes spki = backend().generate_signing_key(id, SigningAlgorithm::ec_p256);
+  const Pkey key = parse_spki(spki);
+  ASSERT_TRUE(key);
+  ASSERT_EQ(EVP_PKEY_get_base_id(key.get()), EVP_PKEY_EC);
+  char group[64] = {};
+  std::size_t group_size = 0;
+  ASSERT_EQ(EVP_PKEY_get_group_name(key.get(), group, sizeof group, &group_size), 1);
+  EXPECT_STREQ(group, "prime256v1");
+
+  const TokenKeyRef ref{"", id, ""};
+  expect_signs_and_verifies(ref, spki, SignatureScheme::ecdsa);
+  EXPECT_EQ(backend().public_key(ref), spki);
+  EXPECT_THROW(backend().sign_digest(ref, SignatureScheme::rsa_pss, sha256(Bytes{1})), Error);
+  backend().destroy_token_object(id);
+}
+
+TEST(SigningKey, Rsa2048SignsPkcs1AndPssThatOpenSslVerifies) {
+  const Bytes id = backend().new_object_id();
+  const Bytes spki = backend().generate_signing_key(id, SigningAlgorithm::rsa_2048);
+  const Pkey key = parse_spki(spki);
+  ASSERT_TRUE(key);
+  ASSERT_EQ(EVP_PKEY_get_base_id(key.get()), EVP_PKEY_RSA);
+  EXPECT_EQ(EVP_PKEY_get_bits(key.get()), 2048);
+  const TokenKeyRef ref{"", id, ""};
+  expect_signs_and_verifies(ref, spki, SignatureScheme::rsa_pkcs1);
+  expect_signs_and_verifies(ref, spki, SignatureScheme::rsa_pss);
+  backend().destroy_token_object(id);
+}
+
+TEST(SigningKey, UnknownKeyIsNotFound) {
+  try {
+    backend().sign_digest(TokenKeyRef{"", Bytes(16, 0xee), ""}, SignatureScheme::ecdsa,
+                          sha256(Bytes{1}));
+    FAIL();
+  } catch (const Error& error) {
+    EXPECT_EQ(error.failure(), Failure::not_found);
+    EXPECT_NE(std::string(error.what()).find("eeeeeeee"), std::string::npos) << error.what();
+  }
+}
+
+TEST(NonExportability, UserPinCannotReadOrWrapSigningKeyOrKe) {
+  const Bytes signing_id = backend().new_object_id();
+  backend().generate_signing_key(signing_id, SigningAlgorithm::ec_p256);
+  const Bytes ke_id = backend().new_object_id();
+  backend().create_token_secret(ke_id, random_bytes(48));
+
+  RawSession raw(setup().config.module, pkcs11::kDefaultTokenLabel, setup().user_pin);
+  ASSERT_TRUE(raw.login_rv() == CKR_OK || raw.login_rv() == CKR_USER_ALREADY_LOGGED_IN);
+  const CK_OBJECT_HANDLE wrapping_key = raw.make_wrapping_key();
+
+  CK_OBJECT_CLASS private_class = CKO_PRIVATE_KEY;
+  CK_OBJECT_CLASS secret_class = CKO_SECRET_KEY;
+  const auto private_keys =
+      raw.find({{CKA_CLASS, &private_class, sizeof private_class},
+                {CKA_ID, const_cast<std::uint8_t*>(signing_id.data()), signing_id.size()}});
+  const auto kes = raw.find({{CKA_CLASS, &secret_class, sizeof secret_class},
+                             {CKA_ID, const_cast<std::uint8_t*>(ke_id.data()), ke_id.size()}});
+  ASSERT_EQ(private_keys.size(), 1u);
+  ASSERT_EQ(kes.size(), 1u);
+  for (CK_OBJECT_HANDLE object : {private_keys.front(), kes.front()}) {
+    EXPECT_EQ(raw.read_value_rv(object), CKR_ATTRIBUTE_SENSITIVE);
+    EXPECT_NE(raw.wrap_rv(wrapping_key, object), CKR_OK);
+  }
+
+  // Control: the same raw session can wrap an extractable key, so the
+  // refusals above come from the objects' attributes.
+  const CK_OBJECT_HANDLE extractable = raw.make_wrapping_key();
+  EXPECT_EQ(raw.wrap_rv(wrapping_key, extractable), CKR_OK);
+  raw.fn()->C_DestroyObject(raw.handle(), extractable);
+  raw.fn()->C_DestroyObject(raw.handle(), wrapping_key);
+
+  backend().destroy_token_object(signing_id);
+  backend().destroy_token_object(ke_id);
+}
+
+TEST(Reconciliation, ListsVaultObjectsAndDestroysThem) {
+  const Bytes signing_id = backend().new_object_id();
+  backend().generate_signing_key(signing_id, SigningAlgorithm::ec_p256);
+  const Bytes ke_id = backend().new_object_id();
+  backend().create_token_secret(ke_id, random_bytes(32));
+
+  auto listed = backend().list_vault_objects();
+  EXPECT_NE(std::find(listed.begin(), listed.end(), signing_id), listed.end());
+  EXPECT_NE(std::find(listed.begin(), listed.end(), ke_id), listed.end());
+  for (const Bytes& id : listed) EXPECT_EQ(id.size(), 16u);  // never the KEK (it has no CKA_ID)
+
+  EXPECT_TRUE(backend().token_object_exists(signing_id));
+  backend().destroy_token_object(signing_id);
+  EXPECT_FALSE(backend().token_object_exists(signing_id));
+  EXPECT_NO_THROW(backend().destroy_token_object(signing_id));  // missing is not an error
+
+  RawSession raw(setup().config.module, pkcs11::kDefaultTokenLabel, setup().user_pin);
+  EXPECT_TRUE(raw.find({{CKA_ID, const_cast<std::uint8_t*>(signing_id.data()), signing_id.size()}})
+                  .empty());  // private and public both gone
+
+  listed = backend().list_vault_objects();
+  EXPECT_EQ(std::find(listed.begin(), listed.end(), signing_id), listed.end());
+  backend().destroy_token_object(ke_id);
+  EXPECT_FALSE(backend().token_object_exists(ke_id));
+
+  // The KEK is still there and still works.
+  EXPECT_NO_THROW(backend().wrap_secret(Bytes{1, 2, 3}));
+}
+
+TEST(AdoptedKey, AdoptedByIdAndByLabelSignsThroughLibp11) {
+  const Bytes device_id = from_hex(kDeviceKeyIdHex);
+  const auto by_id = backend().adopt_signing_key(TokenKeyRef{kAdoptToken, device_id, ""});
+  EXPECT_EQ(by_id.algorithm, SigningAlgorithm::ec_p256);
+  EXPECT_EQ(by_id.object_id, device_id);
+
+  const auto by_label = backend().adopt_signing_key(TokenKeyRef{kAdoptToken, {}, kDeviceKeyLabel});
+  EXPECT_EQ(by_label.object_id, device_id);
+  EXPECT_EQ(by_label.public_key, by_id.public_key);
+
+  expect_signs_and_verifies(TokenKeyRef{kAdoptToken, device_id, ""}, by_id.public_key,
+                            SignatureScheme::ecdsa);
+  expect_signs_and_verifies(TokenKeyRef{kAdoptToken, {}, kDeviceKeyLabel}, by_id.public_key,
+                            SignatureScheme::ecdsa);
+  EXPECT_EQ(backend().public_key(TokenKeyRef{kAdoptToken, device_id, ""}), by_id.public_key);
+
+  // Adopted keys are not the vault's: reconciliation never sees them.
+  const auto listed = backend().list_vault_objects();
+  EXPECT_EQ(std::find(listed.begin(), listed.end(), device_id), listed.end());
+}
+
+TEST(AdoptedKey, UnknownObjectOrTokenIsNotFound) {
+  for (const TokenKeyRef& ref :
+       {TokenKeyRef{kAdoptToken, Bytes{9, 9, 9}, ""}, TokenKeyRef{kAdoptToken, {}, "no-such-key"},
+        TokenKeyRef{"no-such-token", Bytes{1}, ""}}) {
+    try {
+      backend().adopt_signing_key(ref);
+      FAIL();
+    } catch (const Error& error) {
+      EXPECT_EQ(error.failure(), Failure::not_found) << error.what();
+    }
+  }
+}
+
+TEST(AdoptedKey, P384KeyIsUnsupported) {
+  try {
+    backend().adopt_signing_key(TokenKeyRef{kAdoptToken, from_hex(kP384KeyIdHex), ""});
+    FAIL();
+  } catch (const Error& error) {
+    EXPECT_EQ(error.failure(), Failure::unsupported) << error.what();
+  }
+}
+
+}  // namespace
+}  // namespace m2mvault::hsm::testing
