@@ -41,8 +41,9 @@ class Server {
 
   std::size_t connection_count() const;
 
+  struct Impl;  // defined in server.cpp, where connections need it
+
  private:
-  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 

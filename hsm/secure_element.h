@@ -104,8 +104,9 @@ class SecureElement {
   };
   virtual AdoptedKey adopt_signing_key(const TokenKeyRef& ref) = 0;
 
-  // True when the vault's token holds an object tagged as the vault's with
-  // this CKA_ID.
+  // True when the vault's token holds a whole key tagged as the vault's with
+  // this CKA_ID: a secret key, or a private key together with its public key
+  // (a crash during key-pair generation can leave one half alone).
   virtual bool token_object_exists(std::span<const std::uint8_t> object_id) = 0;
 
   // Destroys every object of the vault's token tagged as the vault's with

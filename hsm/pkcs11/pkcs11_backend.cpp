@@ -131,8 +131,12 @@ class Pkcs11Backend final : public SecureElement {
   bool token_object_exists(std::span<const std::uint8_t> object_id) override {
     check_object_id(object_id);
     auto session = token_->sessions().borrow();
-    return !find_vault_objects(fn(), session.handle(), object_id, CK_UNAVAILABLE_INFORMATION)
-                .empty();
+    auto present = [&](CK_OBJECT_CLASS cls) {
+      return !find_vault_objects(fn(), session.handle(), object_id, cls).empty();
+    };
+    // A key pair counts only when whole: a crash inside C_GenerateKeyPair can
+    // leave the public half alone.
+    return present(CKO_SECRET_KEY) || (present(CKO_PRIVATE_KEY) && present(CKO_PUBLIC_KEY));
   }
 
   void destroy_token_object(std::span<const std::uint8_t> object_id) override {

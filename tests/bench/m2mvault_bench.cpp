@@ -1,0 +1,208 @@
+// m2mvault-bench: latency and throughput of the daemon, measured against the
+// floor of the machine it runs on. Not a test: tools/bench runs it against a
+// daemon it starts, and tests/bench/README.md records the results.
+//
+//   m2mvault-bench --socket PATH [--seconds S] [--clients 1,16]
+//
+// Measures, in one run:
+//   floor     raw Unix-socket ping-pong between two processes (socketpair +
+//             fork), same message size as a ping request
+//   ping      API round trip of a no-op request
+//   hmac      key.check: HMAC-SHA-256 inside the token through the API
+//   sign      ECDSA P-256 signature inside the token through the API
+//   import    Kpsa creations (wrap + durable catalog insert)
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "api/client.h"
+#include "api/encoding.h"
+#include "api/framing.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using m2mvault::api::Client;
+
+struct Result {
+  std::string name;
+  int clients;
+  double p50_us;
+  double p99_us;
+  double ops_per_s;
+  std::size_t ops;
+};
+
+Result summarize(std::string name, int clients, std::vector<double> lat_us, double seconds) {
+  std::sort(lat_us.begin(), lat_us.end());
+  auto pct = [&](double p) { return lat_us.empty() ? 0.0 : lat_us[static_cast<std::size_t>(p * (lat_us.size() - 1))]; };
+  return {std::move(name), clients, pct(0.50), pct(0.99), lat_us.size() / seconds, lat_us.size()};
+}
+
+bool write_all(int fd, const void* data, std::size_t n) {
+  auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+bool read_all(int fd, void* data, std::size_t n) {
+  auto* p = static_cast<char*>(data);
+  while (n > 0) {
+    ssize_t r = ::read(fd, p, n);
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+// The floor: a frame the size of a ping request and of its response,
+// bounced between two processes over a Unix stream socket.
+Result raw_floor(double seconds) {
+  const std::string request = m2mvault::api::encode_frame({{"v", 1}, {"id", 1}, {"op", "ping"}});
+  const std::string response = m2mvault::api::encode_frame({{"v", 1}, {"id", 1}, {"result", nlohmann::json::object()}});
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) throw std::runtime_error("socketpair");
+  pid_t child = ::fork();
+  if (child == 0) {
+    ::close(sv[0]);
+    std::vector<char> buf(request.size());
+    while (read_all(sv[1], buf.data(), buf.size())) {
+      if (!write_all(sv[1], response.data(), response.size())) break;
+    }
+    ::_exit(0);
+  }
+  ::close(sv[1]);
+  std::vector<char> buf(response.size());
+  std::vector<double> lat;
+  const auto end = Clock::now() + std::chrono::duration<double>(seconds);
+  const auto start = Clock::now();
+  while (Clock::now() < end) {
+    auto t0 = Clock::now();
+    write_all(sv[0], request.data(), request.size());
+    read_all(sv[0], buf.data(), buf.size());
+    lat.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  ::close(sv[0]);
+  ::waitpid(child, nullptr, 0);
+  return summarize("raw socket floor", 1, std::move(lat), elapsed);
+}
+
+// Runs `op` from `clients` threads, each with its own connection, for
+// `seconds` (or `max_ops` operations per client).
+Result run_clients(const std::string& name, const std::string& socket, int clients, double seconds,
+                   const std::function<void(Client&, int, std::uint64_t)>& op,
+                   std::uint64_t max_ops = UINT64_MAX) {
+  std::vector<std::vector<double>> lat(clients);
+  std::vector<std::thread> threads;
+  std::atomic<bool> go{false};
+  std::atomic<Clock::rep> deadline{0};  // set before `go`
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      Client client(socket);
+      client.call("ping");
+      while (!go.load()) std::this_thread::yield();
+      const Clock::time_point end{Clock::duration(deadline.load())};
+      for (std::uint64_t i = 0; i < max_ops && Clock::now() < end; ++i) {
+        auto t0 = Clock::now();
+        op(client, c, i);
+        lat[c].push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto start = Clock::now();
+  deadline = (start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds)))
+                 .time_since_epoch()
+                 .count();
+  go = true;
+  for (auto& t : threads) t.join();
+  double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  std::vector<double> all;
+  for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
+  return summarize(name, clients, std::move(all), elapsed);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"m2mvault-bench - daemon latency and throughput"};
+  std::string socket;
+  double seconds = 3;
+  std::vector<int> client_counts{1, 16};
+  app.add_option("--socket", socket, "Daemon socket")->required();
+  app.add_option("--seconds", seconds, "Duration of each measurement");
+  app.add_option("--clients", client_counts, "Concurrent client counts")->delimiter(',');
+  CLI11_PARSE(app, argc, argv);
+
+  std::vector<Result> results;
+  results.push_back(raw_floor(seconds));
+
+  Client setup(socket);
+  std::vector<std::uint8_t> kpsa(32);
+  for (std::size_t i = 0; i < kpsa.size(); ++i) kpsa[i] = static_cast<std::uint8_t>(i * 7 + 1);
+  const std::string run_tag = std::to_string(::getpid());
+  setup.call("key.import", {{"kind", "kpsa"}, {"id", "bench-" + run_tag + "@bench.example.com"},
+                            {"value", m2mvault::encoding::base64_encode(kpsa)}});
+  setup.call("key.generate", {{"kind", "signing"}, {"name", "bench-sign-" + run_tag}});
+  const std::string digest = m2mvault::encoding::base64_encode(std::vector<std::uint8_t>(32, 0x5a));
+
+  for (int clients : client_counts) {
+    results.push_back(run_clients("API round trip (ping)", socket, clients, seconds,
+                                  [](Client& c, int, std::uint64_t) { c.call("ping"); }));
+    results.push_back(run_clients("HMAC in token (key.check)", socket, clients, seconds,
+                                  [&](Client& c, int, std::uint64_t) {
+                                    c.call("key.check", {{"key", "bench-" + run_tag + "@bench.example.com"}});
+                                  }));
+    results.push_back(run_clients("ECDSA P-256 sign", socket, clients, seconds,
+                                  [&](Client& c, int, std::uint64_t) {
+                                    c.call("sign", {{"key", "bench-sign-" + run_tag}, {"digest", digest}});
+                                  }));
+    results.push_back(run_clients(
+        "Kpsa creation (key.import)", socket, clients, seconds,
+        [&](Client& c, int client, std::uint64_t i) {
+          c.call("key.import",
+                 {{"kind", "kpsa"},
+                  {"id", fmt::format("b{}-{}-{}-{}@bench.example.com", run_tag, clients, client, i)},
+                  {"value", m2mvault::encoding::base64_encode(kpsa)}});
+        }));
+  }
+  results.push_back(run_clients("signing key generation (token object)", socket, 1, seconds,
+                                [&](Client& c, int, std::uint64_t i) {
+                                  c.call("key.generate", {{"kind", "signing"},
+                                                          {"name", fmt::format("g{}-{}", run_tag, i)}});
+                                }, 200));
+
+  fmt::print("| measurement | clients | p50 (µs) | p99 (µs) | ops/s | ops |\n|---|---:|---:|---:|---:|---:|\n");
+  for (const auto& r : results) {
+    fmt::print("| {} | {} | {:.1f} | {:.1f} | {:.0f} | {} |\n", r.name, r.clients, r.p50_us, r.p99_us,
+               r.ops_per_s, r.ops);
+  }
+  const double floor = results[0].p50_us;
+  for (const auto& r : results) {
+    if (r.name.starts_with("API round trip") && r.clients == 1) {
+      fmt::print("\nAPI round trip p50 / raw floor p50 = {:.2f} (target <= 1.5)\n", r.p50_us / floor);
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,204 @@
+"""Test harness: a real m2mvaultd on a real SoftHSM2 token in a temp dir.
+
+Independent of the C++ code on purpose: frames are built here, check values
+are computed with Python's hmac, public keys are parsed by the openssl CLI.
+"""
+import base64
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+
+BUILD = os.environ.get("M2MVAULT_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build/default"))
+DAEMON = os.path.join(BUILD, "vault", "m2mvaultd")
+CLI = os.path.join(BUILD, "tools", "m2mvault")
+SOFTHSM2 = "/usr/lib/softhsm/libsofthsm2.so"
+
+# TR-0038 table 7.1.2-2.
+CLOCK_AE1 = ("Clock-AE1", "AE123456789012-Lock@in.provider.com", "1a2b3c4d5e6f7a8b")
+CLOCK_AE2 = ("Clock-AE2", "AE123456789015-Lock@in.provider.com", "12345678abcdefab")
+
+
+def check_value(key: bytes) -> str:
+    """The key check value, computed independently of the vault."""
+    return hmac.new(key, b"m2mvault key check value", hashlib.sha256).hexdigest()[:16]
+
+
+class VaultError(Exception):
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class Connection:
+    """A raw protocol connection: 4-byte big-endian length + JSON."""
+
+    def __init__(self, path, timeout=30):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.next_id = 1
+
+    def close(self):
+        self.sock.close()
+
+    def __del__(self):
+        self.sock.close()
+
+    def send_raw(self, data: bytes):
+        self.sock.sendall(data)
+
+    def send(self, op, **params):
+        rid = self.next_id
+        self.next_id += 1
+        body = json.dumps({"v": 1, "id": rid, "op": op, "params": params}).encode()
+        self.sock.sendall(struct.pack(">I", len(body)) + body)
+        return rid
+
+    def _read_exact(self, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("connection closed by the daemon")
+            buf += chunk
+        return buf
+
+    def receive(self):
+        (n,) = struct.unpack(">I", self._read_exact(4))
+        return json.loads(self._read_exact(n))
+
+    def call(self, op, **params):
+        rid = self.send(op, **params)
+        resp = self.receive()
+        assert resp.get("id") == rid, resp
+        if "error" in resp:
+            raise VaultError(resp["error"]["code"], resp["error"]["message"])
+        return resp["result"]
+
+
+class Daemon:
+    """One m2mvaultd with its own state directory and socket."""
+
+    def __init__(self, root=None):
+        self.root = root or tempfile.mkdtemp(prefix="m2mvault-it-")
+        self.state = os.path.join(self.root, "state")
+        self.socket = os.path.join(self.root, "run", "m2mvault.sock")
+        self.log = os.path.join(self.root, "m2mvaultd.log")
+        self.proc = None
+
+    def start(self, extra=(), wait=True):
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [DAEMON, "--state-dir", self.state, "--socket", self.socket, *extra],
+            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        logf.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"m2mvaultd exited with {self.proc.returncode}: {self.read_log()[-2000:]}")
+            try:
+                c = Connection(self.socket, timeout=5)
+                try:
+                    c.call("ping")
+                finally:
+                    c.close()
+                return
+            except (OSError, ConnectionError, VaultError):
+                time.sleep(0.05)
+        raise RuntimeError("m2mvaultd did not become ready")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def connect(self):
+        return Connection(self.socket)
+
+    def cli(self, *args, input=None, check=False):
+        env = dict(os.environ, M2MVAULT_SOCKET=self.socket)
+        p = subprocess.run([CLI, *args], input=input, capture_output=True, env=env, timeout=120)
+        if check and p.returncode != 0:
+            raise AssertionError(f"m2mvault {' '.join(args)} failed ({p.returncode}): {p.stderr.decode()}")
+        return p
+
+    def cli_json(self, *args):
+        return json.loads(self.cli(*args, "--json", check=True).stdout)
+
+    def read_log(self):
+        with open(self.log, "r", errors="replace") as f:
+            return f.read()
+
+    def token_objects(self):
+        """Labels of the persistent objects in the embedded token, read with
+        pkcs11-tool (the daemon must be stopped or idle)."""
+        env = dict(os.environ, SOFTHSM2_CONF=os.path.join(self.state, "softhsm2.conf"))
+        with open(os.path.join(self.state, "user-pin")) as f:
+            pin = f.read().strip()
+        p = subprocess.run(
+            ["pkcs11-tool", "--module", SOFTHSM2, "--token-label", "m2mvault", "--login", "--pin", pin,
+             "--list-objects"], capture_output=True, text=True, env=env, timeout=120)
+        if p.returncode != 0:
+            raise AssertionError(f"pkcs11-tool failed: {p.stderr}")
+        labels = []
+        for line in p.stdout.splitlines():
+            line = line.strip()
+            if line.startswith("label:"):
+                labels.append(line.split(":", 1)[1].strip())
+        return labels
+
+
+class DaemonTestCase(unittest.TestCase):
+    """A fresh daemon per test class."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon().start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.cleanup()
+
+    def import_kpsa(self, entity, kpsa_id, hex_value, **extra):
+        args = ["key", "import", "--kind", "kpsa", "--id", kpsa_id, "--entity", entity, "--hex", hex_value]
+        for k, v in extra.items():
+            args += [f"--{k}", v]
+        return self.daemon.cli_json(*args)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

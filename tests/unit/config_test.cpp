@@ -1,0 +1,77 @@
+#include "vault/config.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "api/error.h"
+
+namespace m2mvault::vault {
+namespace {
+
+class ConfigFile : public ::testing::Test {
+ protected:
+  std::filesystem::path write(const std::string& text) {
+    char tmpl[] = "/tmp/m2mvault-config-XXXXXX";
+    int fd = ::mkstemp(tmpl);
+    ::close(fd);
+    path_ = tmpl;
+    std::ofstream(path_) << text;
+    return path_;
+  }
+  void TearDown() override {
+    if (!path_.empty()) std::filesystem::remove(path_);
+  }
+  std::filesystem::path path_;
+};
+
+TEST_F(ConfigFile, DefaultsNeedNoFile) {
+  Config c = load_config(std::nullopt);
+  EXPECT_TRUE(c.embedded());
+  EXPECT_EQ(c.socket, "/run/m2mvault/m2mvault.sock");
+  EXPECT_EQ(c.pkcs11.token_label, "m2mvault");
+}
+
+TEST_F(ConfigFile, ReadsAnExternalToken) {
+  Config c = load_config(write(
+      "socket = \"/tmp/x.sock\"\nthreads = 4\n[pkcs11]\nmodule = \"/usr/lib/hsm.so\"\n"
+      "token_label = \"gw\"\npin_file = \"/etc/pin\"\n"));
+  EXPECT_FALSE(c.embedded());
+  EXPECT_EQ(c.socket, "/tmp/x.sock");
+  EXPECT_EQ(c.threads, 4u);
+  EXPECT_EQ(c.pkcs11.token_label, "gw");
+}
+
+TEST_F(ConfigFile, UnknownKeyIsRejectedWithItsLine) {
+  try {
+    load_config(write("socket = \"/tmp/x.sock\"\nsokcet = 1\n"));
+    FAIL() << "accepted an unknown key";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::invalid_argument);
+    EXPECT_NE(std::string(e.what()).find(":2:"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("sokcet"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(ConfigFile, SyntaxErrorNamesTheLine) {
+  try {
+    load_config(write("threads = 4\nsocket = \n"));
+    FAIL() << "accepted a broken file";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(":2:"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(ConfigFile, ExternalModuleNeedsAPinFile) {
+  EXPECT_THROW(load_config(write("[pkcs11]\nmodule = \"/usr/lib/hsm.so\"\n")), Error);
+}
+
+TEST_F(ConfigFile, WrongTypeIsRejected) {
+  EXPECT_THROW(load_config(write("threads = \"many\"\n")), Error);
+  EXPECT_THROW(load_config(write("threads = -1\n")), Error);
+}
+
+}  // namespace
+}  // namespace m2mvault::vault

@@ -1,0 +1,448 @@
+#include "vault/catalog.h"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "api/error.h"
+#include "vault/identifiers.h"
+
+namespace m2mvault::vault {
+namespace {
+
+constexpr int kSchemaVersion = 1;
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS keys(
+  key_id       INTEGER PRIMARY KEY,
+  state        TEXT NOT NULL CHECK (state IN ('pending', 'active')),
+  name         TEXT NOT NULL,
+  kind         TEXT NOT NULL,
+  identifier   TEXT,
+  entity       TEXT,
+  created      INTEGER NOT NULL,
+  expires      INTEGER,
+  storage      TEXT NOT NULL,
+  blob         BLOB,
+  object_id    BLOB,
+  token_label  TEXT,
+  object_label TEXT,
+  public_key   BLOB,
+  algorithm    TEXT,
+  length       INTEGER NOT NULL DEFAULT 0,
+  check_value  TEXT,
+  parent       TEXT
+);
+-- Names and identifiers share one namespace: each key's canonical name and
+-- canonical identifier (once when equal) point at its row.
+CREATE TABLE IF NOT EXISTS names(
+  canonical TEXT PRIMARY KEY,
+  key_id    INTEGER NOT NULL REFERENCES keys(key_id) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS names_by_key ON names(key_id);
+CREATE INDEX IF NOT EXISTS keys_by_state ON keys(state);
+)sql";
+
+constexpr const char* kColumns =
+    "key_id, name, kind, identifier, entity, created, expires, storage, blob, object_id, token_label, "
+    "object_label, public_key, algorithm, length, check_value, parent";
+
+struct DbCloser {
+  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+using Db = std::unique_ptr<sqlite3, DbCloser>;
+
+struct StmtFinalizer {
+  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
+};
+using Stmt = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
+
+[[noreturn]] void fail(sqlite3* db, std::string_view what) {
+  throw Error(ErrorCode::internal, fmt::format("catalog: {}: {}", what, sqlite3_errmsg(db)));
+}
+
+void exec(sqlite3* db, const char* sql) {
+  if (sqlite3_exec(db, sql, nullptr, nullptr, nullptr) != SQLITE_OK) fail(db, sql);
+}
+
+Stmt prepare(sqlite3* db, std::string_view sql) {
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &s, nullptr) !=
+      SQLITE_OK) {
+    fail(db, "prepare");
+  }
+  return Stmt(s);
+}
+
+Db open_db(const std::filesystem::path& path) {
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                           nullptr);
+  Db db(raw);
+  if (rc != SQLITE_OK) {
+    throw Error(ErrorCode::internal, fmt::format("cannot open catalog {}: {}", path.string(),
+                                                 raw ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)));
+  }
+  sqlite3_busy_timeout(db.get(), 10'000);
+  exec(db.get(), "PRAGMA foreign_keys = ON");
+  exec(db.get(), "PRAGMA synchronous = FULL");
+  return db;
+}
+
+void bind_optional(sqlite3_stmt* s, int i, const std::optional<std::string>& v) {
+  if (v) {
+    sqlite3_bind_text(s, i, v->data(), static_cast<int>(v->size()), SQLITE_TRANSIENT);
+  } else {
+    sqlite3_bind_null(s, i);
+  }
+}
+
+void bind_text(sqlite3_stmt* s, int i, std::string_view v) {
+  sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+}
+
+void bind_blob(sqlite3_stmt* s, int i, const std::vector<std::uint8_t>& v) {
+  if (v.empty()) {
+    sqlite3_bind_null(s, i);
+  } else {
+    sqlite3_bind_blob(s, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+  }
+}
+
+std::optional<std::string> column_text(sqlite3_stmt* s, int i) {
+  if (sqlite3_column_type(s, i) == SQLITE_NULL) return std::nullopt;
+  auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s, i));
+  return std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s, i)));
+}
+
+std::vector<std::uint8_t> column_blob(sqlite3_stmt* s, int i) {
+  auto* p = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, i));
+  return p ? std::vector<std::uint8_t>(p, p + sqlite3_column_bytes(s, i)) : std::vector<std::uint8_t>{};
+}
+
+KeyRecord read_record(sqlite3_stmt* s) {
+  KeyRecord r;
+  r.row = sqlite3_column_int64(s, 0);
+  r.name = column_text(s, 1).value_or("");
+  r.kind = parse_key_kind(column_text(s, 2).value_or(""));
+  r.identifier = column_text(s, 3);
+  r.entity = column_text(s, 4);
+  r.created = sqlite3_column_int64(s, 5);
+  if (sqlite3_column_type(s, 6) != SQLITE_NULL) r.expires = sqlite3_column_int64(s, 6);
+  r.storage = parse_storage(column_text(s, 7).value_or(""));
+  r.blob = column_blob(s, 8);
+  r.object_id = column_blob(s, 9);
+  r.token_label = column_text(s, 10).value_or("");
+  r.object_label = column_text(s, 11).value_or("");
+  r.public_key = column_blob(s, 12);
+  r.algorithm = column_text(s, 13).value_or("");
+  r.length = static_cast<std::size_t>(sqlite3_column_int64(s, 14));
+  r.check_value = column_text(s, 15);
+  r.parent = column_text(s, 16);
+  return r;
+}
+
+// One queued write: runs inside the group's transaction, in its own savepoint.
+struct WriteOp {
+  std::function<void(sqlite3*)> apply;
+  std::promise<void> done;
+};
+
+// A read connection with its prepared statements; borrowed by one thread at a time.
+struct Reader {
+  Db db;
+  Stmt find;
+  Stmt count;
+};
+
+class SqliteCatalog final : public Catalog {
+ public:
+  explicit SqliteCatalog(const std::filesystem::path& path) : path_(path) {
+    // The catalog holds metadata and wrapped blobs: readable by the daemon only.
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) ::close(fd);
+    writer_db_ = open_db(path);
+    sqlite3* db = writer_db_.get();
+    sqlite3_stmt* raw = nullptr;
+    if (sqlite3_prepare_v2(db, "PRAGMA journal_mode = WAL", -1, &raw, nullptr) != SQLITE_OK) fail(db, "WAL");
+    Stmt wal(raw);
+    if (sqlite3_step(wal.get()) != SQLITE_ROW) fail(db, "WAL");
+    auto mode = column_text(wal.get(), 0);
+    if (mode != "wal") fail(db, "cannot switch to WAL mode");
+    wal.reset();
+
+    Stmt version = prepare(db, "PRAGMA user_version");
+    sqlite3_step(version.get());
+    const int found = sqlite3_column_int(version.get(), 0);
+    version.reset();
+    if (found > kSchemaVersion) {
+      throw Error(ErrorCode::internal, fmt::format("catalog {} has schema version {}, newer than this daemon's {}",
+                                                   path.string(), found, kSchemaVersion));
+    }
+    exec(db, "BEGIN IMMEDIATE");
+    exec(db, kSchema);
+    exec(db, fmt::format("PRAGMA user_version = {}", kSchemaVersion).c_str());
+    exec(db, "COMMIT");
+
+    insert_key_ = prepare(db, "INSERT INTO keys(state, name, kind, identifier, entity, created, expires, storage, "
+                              "blob, object_id, token_label, object_label, public_key, algorithm, length, "
+                              "check_value, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    insert_name_ = prepare(db, "INSERT INTO names(canonical, key_id) VALUES (?, ?)");
+    activate_ = prepare(db, "UPDATE keys SET state = 'active', public_key = coalesce(?, public_key) "
+                            "WHERE key_id = ?");
+    remove_ = prepare(db, "DELETE FROM keys WHERE key_id = ?");
+    writer_ = std::thread([this] { write_loop(); });
+  }
+
+  ~SqliteCatalog() override {
+    {
+      std::lock_guard lock(queue_mutex_);
+      stopping_ = true;
+    }
+    queue_cv_.notify_all();
+    writer_.join();
+  }
+
+  KeyRecord insert(KeyRecord record) override { return insert_as(std::move(record), "active"); }
+  KeyRecord insert_pending(KeyRecord record) override { return insert_as(std::move(record), "pending"); }
+
+  void activate(std::int64_t row, const std::vector<std::uint8_t>& public_key) override {
+    write([&](sqlite3* db) {
+      sqlite3_stmt* s = activate_.get();
+      sqlite3_reset(s);
+      bind_blob(s, 1, public_key);
+      sqlite3_bind_int64(s, 2, row);
+      if (sqlite3_step(s) != SQLITE_DONE) fail(db, "activate");
+    });
+  }
+
+  void remove(std::int64_t row) override {
+    write([&](sqlite3* db) {
+      sqlite3_stmt* s = remove_.get();
+      sqlite3_reset(s);
+      sqlite3_bind_int64(s, 1, row);
+      if (sqlite3_step(s) != SQLITE_DONE) fail(db, "remove");
+    });
+  }
+
+  std::optional<KeyRecord> find(std::string_view name_or_identifier) override {
+    std::string canonical;
+    try {
+      canonical = canonical_name(name_or_identifier);
+    } catch (const Error&) {
+      return std::nullopt;  // not a valid name, so no key has it
+    }
+    auto reader = borrow();
+    sqlite3_stmt* s = reader->find.get();
+    sqlite3_reset(s);
+    bind_text(s, 1, canonical);
+    std::optional<KeyRecord> result;
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+      result = read_record(s);
+    } else if (rc != SQLITE_DONE) {
+      fail(reader->db.get(), "find");
+    }
+    sqlite3_reset(s);
+    give_back(std::move(reader));
+    return result;
+  }
+
+  std::vector<KeyRecord> list(std::optional<KeyKind> kind) override {
+    return select(fmt::format("SELECT {} FROM keys WHERE state = 'active'{} ORDER BY name", kColumns,
+                              kind ? " AND kind = ?" : ""),
+                  kind ? std::optional<std::string>(std::string(to_string(*kind))) : std::nullopt);
+  }
+
+  std::vector<KeyRecord> pending() override {
+    return select(fmt::format("SELECT {} FROM keys WHERE state = 'pending' ORDER BY key_id", kColumns),
+                  std::nullopt);
+  }
+
+  std::size_t count() override {
+    auto reader = borrow();
+    sqlite3_stmt* s = reader->count.get();
+    sqlite3_reset(s);
+    std::size_t n = 0;
+    if (sqlite3_step(s) == SQLITE_ROW) n = static_cast<std::size_t>(sqlite3_column_int64(s, 0));
+    sqlite3_reset(s);
+    give_back(std::move(reader));
+    return n;
+  }
+
+  std::uint64_t commits() const { return commits_.load(); }
+
+ private:
+  KeyRecord insert_as(KeyRecord record, const char* state) {
+    if (record.name.empty()) {
+      if (!record.identifier) throw Error(ErrorCode::invalid_argument, "a key needs a name or an identifier");
+      record.name = *record.identifier;
+    }
+    // Canonical forms are computed (and validated) before queueing.
+    std::vector<std::pair<std::string, std::string>> names;  // canonical, as given
+    names.emplace_back(canonical_name(record.name), record.name);
+    if (record.identifier) {
+      std::string id = canonical_identifier(record.kind, *record.identifier);
+      if (id != names[0].first) names.emplace_back(std::move(id), *record.identifier);
+    }
+    write([&](sqlite3* db) {
+      sqlite3_stmt* s = insert_key_.get();
+      sqlite3_reset(s);
+      sqlite3_clear_bindings(s);
+      bind_text(s, 1, state);
+      bind_text(s, 2, record.name);
+      bind_text(s, 3, to_string(record.kind));
+      bind_optional(s, 4, record.identifier);
+      bind_optional(s, 5, record.entity);
+      sqlite3_bind_int64(s, 6, record.created);
+      if (record.expires) sqlite3_bind_int64(s, 7, *record.expires);
+      bind_text(s, 8, to_string(record.storage));
+      bind_blob(s, 9, record.blob);
+      bind_blob(s, 10, record.object_id);
+      bind_text(s, 11, record.token_label);
+      bind_text(s, 12, record.object_label);
+      bind_blob(s, 13, record.public_key);
+      bind_text(s, 14, record.algorithm);
+      sqlite3_bind_int64(s, 15, static_cast<sqlite3_int64>(record.length));
+      bind_optional(s, 16, record.check_value);
+      bind_optional(s, 17, record.parent);
+      if (sqlite3_step(s) != SQLITE_DONE) fail(db, "insert");
+      record.row = sqlite3_last_insert_rowid(db);
+      for (const auto& [canonical, given] : names) {
+        sqlite3_stmt* n = insert_name_.get();
+        sqlite3_reset(n);
+        bind_text(n, 1, canonical);
+        sqlite3_bind_int64(n, 2, record.row);
+        int rc = sqlite3_step(n);
+        if (rc == SQLITE_CONSTRAINT) {
+          throw Error(ErrorCode::conflict, fmt::format("key name or identifier '{}' already exists", given));
+        }
+        if (rc != SQLITE_DONE) fail(db, "insert name");
+      }
+    });
+    return record;
+  }
+
+  // Queues `apply` for the writer and waits until its group is committed.
+  void write(std::function<void(sqlite3*)> apply) {
+    WriteOp op{std::move(apply), {}};
+    auto done = op.done.get_future();
+    {
+      std::lock_guard lock(queue_mutex_);
+      queue_.push_back(std::move(op));
+    }
+    queue_cv_.notify_one();
+    done.get();
+  }
+
+  void write_loop() {
+    sqlite3* db = writer_db_.get();
+    while (true) {
+      std::deque<WriteOp> batch;
+      {
+        std::unique_lock lock(queue_mutex_);
+        queue_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stopping with nothing left
+        batch.swap(queue_);
+      }
+      std::vector<std::exception_ptr> errors(batch.size());
+      std::exception_ptr group_error;
+      try {
+        exec(db, "BEGIN IMMEDIATE");
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+          exec(db, "SAVEPOINT op");
+          try {
+            batch[i].apply(db);
+            exec(db, "RELEASE op");
+          } catch (...) {
+            errors[i] = std::current_exception();
+            exec(db, "ROLLBACK TO op");
+            exec(db, "RELEASE op");
+          }
+        }
+        exec(db, "COMMIT");
+        commits_.fetch_add(1);
+      } catch (...) {
+        group_error = std::current_exception();
+        sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+      }
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        if (group_error) {
+          batch[i].done.set_exception(group_error);
+        } else if (errors[i]) {
+          batch[i].done.set_exception(errors[i]);
+        } else {
+          batch[i].done.set_value();
+        }
+      }
+    }
+  }
+
+  std::unique_ptr<Reader> borrow() {
+    {
+      std::lock_guard lock(readers_mutex_);
+      if (!readers_.empty()) {
+        auto r = std::move(readers_.back());
+        readers_.pop_back();
+        return r;
+      }
+    }
+    auto r = std::make_unique<Reader>();
+    r->db = open_db(path_);
+    exec(r->db.get(), "PRAGMA query_only = ON");
+    r->find = prepare(r->db.get(), fmt::format("SELECT {} FROM keys WHERE state = 'active' AND key_id = "
+                                               "(SELECT key_id FROM names WHERE canonical = ?)",
+                                               kColumns));
+    r->count = prepare(r->db.get(), "SELECT count(*) FROM keys WHERE state = 'active'");
+    return r;
+  }
+
+  void give_back(std::unique_ptr<Reader> reader) {
+    std::lock_guard lock(readers_mutex_);
+    readers_.push_back(std::move(reader));
+  }
+
+  std::vector<KeyRecord> select(const std::string& sql, const std::optional<std::string>& arg) {
+    auto reader = borrow();
+    Stmt s = prepare(reader->db.get(), sql);
+    if (arg) bind_text(s.get(), 1, std::string_view(*arg));
+    std::vector<KeyRecord> out;
+    int rc;
+    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(read_record(s.get()));
+    if (rc != SQLITE_DONE) fail(reader->db.get(), "select");
+    s.reset();
+    give_back(std::move(reader));
+    return out;
+  }
+
+  std::filesystem::path path_;
+  Db writer_db_;
+  Stmt insert_key_, insert_name_, activate_, remove_;
+  std::thread writer_;
+  std::mutex queue_mutex_;
+  std::condition_variable queue_cv_;
+  std::deque<WriteOp> queue_;
+  bool stopping_ = false;
+  std::atomic<std::uint64_t> commits_{0};
+  std::mutex readers_mutex_;
+  std::vector<std::unique_ptr<Reader>> readers_;
+};
+
+}  // namespace
+
+std::unique_ptr<Catalog> Catalog::open(const std::filesystem::path& path) {
+  return std::make_unique<SqliteCatalog>(path);
+}
+
+}  // namespace m2mvault::vault

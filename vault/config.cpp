@@ -1,0 +1,97 @@
+#include "vault/config.h"
+
+#include <set>
+#include <string_view>
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+#include "api/client.h"
+#include "api/error.h"
+
+namespace m2mvault::vault {
+namespace {
+
+[[noreturn]] void bad(const std::filesystem::path& file, const toml::node& node, std::string_view what) {
+  const auto& src = node.source();
+  throw Error(ErrorCode::invalid_argument,
+              fmt::format("{}:{}: {}", file.string(), src.begin.line, what));
+}
+
+// Rejects keys the daemon does not know, so a typo is not silently ignored.
+void check_keys(const std::filesystem::path& file, const toml::table& table,
+                const std::set<std::string_view>& allowed, std::string_view section) {
+  for (const auto& [key, node] : table) {
+    if (!allowed.contains(key.str())) {
+      bad(file, node, fmt::format("unknown key '{}{}'", section, key.str()));
+    }
+  }
+}
+
+template <typename T>
+void read(const std::filesystem::path& file, const toml::table& table, std::string_view key, T& out) {
+  const toml::node* node = table.get(key);
+  if (!node) return;
+  if constexpr (std::is_same_v<T, std::string> || std::is_same_v<T, std::filesystem::path>) {
+    auto v = node->value<std::string>();
+    if (!v) bad(file, *node, fmt::format("'{}' must be a string", key));
+    out = *v;
+  } else if constexpr (std::is_same_v<T, std::size_t>) {
+    auto v = node->value<std::int64_t>();
+    if (!v || *v <= 0) bad(file, *node, fmt::format("'{}' must be a positive integer", key));
+    out = static_cast<std::size_t>(*v);
+  } else if constexpr (std::is_same_v<T, std::chrono::milliseconds>) {
+    auto v = node->value<std::int64_t>();
+    if (!v || *v <= 0) bad(file, *node, fmt::format("'{}' must be a positive integer", key));
+    out = std::chrono::milliseconds(*v);
+  }
+}
+
+}  // namespace
+
+Config load_config(const std::optional<std::filesystem::path>& file) {
+  Config config;
+  config.socket = api::kDefaultSocketPath;
+  if (!file) return config;
+
+  toml::table root;
+  try {
+    root = toml::parse_file(file->string());
+  } catch (const toml::parse_error& e) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("{}:{}: {}", file->string(), e.source().begin.line, e.description()));
+  }
+  check_keys(*file, root,
+             {"state_dir", "socket", "backend", "log_level", "log_file", "threads", "max_connections",
+              "frame_timeout_ms", "idle_timeout_ms", "pkcs11"},
+             "");
+  read(*file, root, "state_dir", config.state_dir);
+  read(*file, root, "socket", config.socket);
+  read(*file, root, "backend", config.backend);
+  read(*file, root, "log_level", config.log_level);
+  read(*file, root, "log_file", config.log_file);
+  read(*file, root, "threads", config.threads);
+  read(*file, root, "max_connections", config.max_connections);
+  read(*file, root, "frame_timeout_ms", config.frame_timeout);
+  read(*file, root, "idle_timeout_ms", config.idle_timeout);
+  if (config.backend != "pkcs11") {
+    bad(*file, *root.get("backend"),
+        fmt::format("backend '{}' is not available (supported: pkcs11)", config.backend));
+  }
+  if (const toml::node* node = root.get("pkcs11")) {
+    const toml::table* p = node->as_table();
+    if (!p) bad(*file, *node, "'pkcs11' must be a table");
+    check_keys(*file, *p, {"module", "token_label", "pin_file", "sessions", "unwrap_cache"}, "pkcs11.");
+    read(*file, *p, "module", config.pkcs11.module);
+    read(*file, *p, "token_label", config.pkcs11.token_label);
+    read(*file, *p, "pin_file", config.pkcs11.pin_file);
+    read(*file, *p, "sessions", config.pkcs11.sessions);
+    read(*file, *p, "unwrap_cache", config.pkcs11.unwrap_cache);
+    if (!config.pkcs11.module.empty() && config.pkcs11.pin_file.empty()) {
+      bad(*file, *node, "an external PKCS#11 module needs 'pin_file'");
+    }
+  }
+  return config;
+}
+
+}  // namespace m2mvault::vault

@@ -1,0 +1,42 @@
+// m2mvaultd configuration (TOML). Defaults need no file: the embedded
+// SoftHSM2 token in the state directory and the default socket path.
+// docs/CONFIGURATION.md documents every key.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+namespace m2mvault::vault {
+
+struct Pkcs11Settings {
+  // Empty module: the embedded SoftHSM2 token the daemon creates itself.
+  std::filesystem::path module;
+  std::string token_label = "m2mvault";
+  std::filesystem::path pin_file;
+  std::size_t sessions = 8;
+  std::size_t unwrap_cache = 4096;
+};
+
+struct Config {
+  std::filesystem::path state_dir;
+  std::filesystem::path socket;  // default: api::kDefaultSocketPath
+  std::string backend = "pkcs11";
+  std::string log_level = "info";
+  std::filesystem::path log_file;  // empty: stderr only
+  std::size_t threads = 8;
+  std::size_t max_connections = 512;
+  std::chrono::milliseconds frame_timeout{10'000};
+  std::chrono::milliseconds idle_timeout{std::chrono::minutes(10)};
+  Pkcs11Settings pkcs11;
+
+  bool embedded() const { return pkcs11.module.empty(); }
+};
+
+// Reads `file` (if given) over the defaults. Throws Error(invalid_argument)
+// naming the file, line and key on a parse error or an unknown key.
+Config load_config(const std::optional<std::filesystem::path>& file);
+
+}  // namespace m2mvault::vault

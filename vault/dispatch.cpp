@@ -1,0 +1,237 @@
+#include "vault/dispatch.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "api/encoding.h"
+#include "api/error.h"
+#include "vault/time_format.h"
+
+namespace m2mvault::vault {
+namespace {
+
+using nlohmann::json;
+
+const json* param(const json& params, std::string_view name) {
+  auto it = params.find(name);
+  if (it == params.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+std::optional<std::string> optional_string(const json& params, std::string_view name) {
+  const json* v = param(params, name);
+  if (!v) return std::nullopt;
+  if (!v->is_string()) {
+    throw Error(ErrorCode::invalid_argument, fmt::format("parameter '{}' must be a string", name));
+  }
+  return v->get<std::string>();
+}
+
+std::string required_string(const json& params, std::string_view name) {
+  auto v = optional_string(params, name);
+  if (!v || v->empty()) {
+    throw Error(ErrorCode::invalid_argument, fmt::format("parameter '{}' is required", name));
+  }
+  return *v;
+}
+
+std::optional<std::int64_t> optional_time(const json& params, std::string_view name) {
+  auto v = optional_string(params, name);
+  if (!v) return std::nullopt;
+  return parse_rfc3339(*v);
+}
+
+std::vector<std::uint8_t> required_base64(const json& params, std::string_view name) {
+  std::string text = required_string(params, name);
+  auto bytes = encoding::base64_decode(text);
+  if (!bytes) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("parameter '{}' is not valid base64", name));
+  }
+  return *bytes;
+}
+
+hsm::SigningAlgorithm parse_algorithm(std::string_view text) {
+  if (text == "ec-p256") return hsm::SigningAlgorithm::ec_p256;
+  if (text == "rsa-2048") return hsm::SigningAlgorithm::rsa_2048;
+  throw Error(ErrorCode::invalid_argument,
+              fmt::format("unknown algorithm '{}' (expected ec-p256 or rsa-2048)", text));
+}
+
+hsm::SignatureScheme parse_scheme(std::string_view text) {
+  if (text == "ecdsa") return hsm::SignatureScheme::ecdsa;
+  if (text == "rsa-pkcs1") return hsm::SignatureScheme::rsa_pkcs1;
+  if (text == "rsa-pss") return hsm::SignatureScheme::rsa_pss;
+  throw Error(ErrorCode::invalid_argument,
+              fmt::format("unknown signature scheme '{}' (expected ecdsa, rsa-pkcs1 or rsa-pss)", text));
+}
+
+json optional_json(const std::optional<std::string>& v) { return v ? json(*v) : json(nullptr); }
+
+// The key named by a request, for the log line (never a value).
+std::string key_of(const api::Request& request) {
+  for (const char* name : {"key", "name", "id"}) {
+    auto it = request.params.find(name);
+    if (it != request.params.end() && it->is_string()) return it->get<std::string>();
+  }
+  return "-";
+}
+
+}  // namespace
+
+json key_to_json(const KeyRecord& r) {
+  json j = {
+      {"name", r.name},
+      {"kind", std::string(to_string(r.kind))},
+      {"id", optional_json(r.identifier)},
+      {"entity", optional_json(r.entity)},
+      {"created", format_rfc3339(r.created)},
+      {"expires", r.expires ? json(format_rfc3339(*r.expires)) : json(nullptr)},
+      {"storage", std::string(to_string(r.storage))},
+  };
+  if (is_symmetric(r.kind)) {
+    j["length"] = r.length;
+    j["check_value"] = optional_json(r.check_value);
+  } else {
+    j["algorithm"] = r.algorithm;
+  }
+  if (r.parent) j["parent"] = *r.parent;
+  if (r.storage == Storage::adopted) {
+    j["token_label"] = r.token_label;
+    j["object_id"] = encoding::hex_encode(r.object_id);
+  }
+  return j;
+}
+
+Dispatcher::Dispatcher(Vault& vault, const policies::Policy& policy)
+    : vault_(vault), policy_(policy), started_(std::chrono::steady_clock::now()) {}
+
+json Dispatcher::handle(const api::Principal& principal, const api::Request& request) {
+  auto grant = policies::grant_for_operation(request.op);
+  if (!grant) {
+    throw Error(ErrorCode::unsupported, fmt::format("unknown operation '{}'", request.op));
+  }
+  auto decision = policy_.authorize({principal.uid, principal.gid, principal.groups}, *grant);
+  if (!decision.allowed) {
+    spdlog::warn("denied op={} key={} uid={} pid={}: {}", request.op, key_of(request), principal.uid,
+                 principal.pid, decision.reason);
+    throw Error(ErrorCode::denied, fmt::format("operation '{}' denied: {}", request.op, decision.reason));
+  }
+  try {
+    json result = dispatch(request);
+    if (*grant == policies::Grant::key_create || *grant == policies::Grant::key_delete) {
+      spdlog::info("op={} key={} uid={} pid={} ok", request.op, key_of(request), principal.uid,
+                   principal.pid);
+    }
+    return result;
+  } catch (const Error& e) {
+    spdlog::info("op={} key={} uid={} pid={} failed: {}: {}", request.op, key_of(request),
+                 principal.uid, principal.pid, to_string(e.code()), e.what());
+    throw;
+  }
+}
+
+json Dispatcher::dispatch(const api::Request& request) {
+  const std::string& op = request.op;
+  const json& p = request.params;
+
+  if (op == "ping") return json::object();
+
+  if (op == "status") {
+    auto info = vault_.backend();
+    auto uptime = std::chrono::duration_cast<std::chrono::seconds>(
+                      std::chrono::steady_clock::now() - started_)
+                      .count();
+    return {{"version", "0.1.0"},
+            {"protocol", 1},
+            {"backend", info.backend},
+            {"module", info.module},
+            {"token_label", info.token_label},
+            {"token_model", info.token_model},
+            {"keys", vault_.count()},
+            {"uptime_seconds", uptime}};
+  }
+
+  if (op == "key.import") {
+    ImportSpec spec;
+    spec.kind = parse_key_kind(required_string(p, "kind"));
+    spec.identifier = required_string(p, "id");
+    spec.name = optional_string(p, "name");
+    spec.entity = optional_string(p, "entity");
+    spec.expires = optional_time(p, "expires");
+    // The value is on its way into the token: held only for this call.
+    auto value_text = required_string(p, "value");
+    auto size = encoding::base64_decoded_size(value_text);
+    if (!size) throw Error(ErrorCode::invalid_argument, "parameter 'value' is not valid base64");
+    hsm::SecureBuffer secret(*size);
+    if (!encoding::base64_decode_into(value_text, secret.span())) {
+      throw Error(ErrorCode::invalid_argument, "parameter 'value' is not valid base64");
+    }
+    return key_to_json(vault_.import_key(spec, secret.span()));
+  }
+
+  if (op == "key.generate") {
+    auto kind = parse_key_kind(optional_string(p, "kind").value_or("signing"));
+    if (kind != KeyKind::signing) {
+      throw Error(ErrorCode::unsupported,
+                  fmt::format("cannot generate a {} key: only signing keys are generated; "
+                              "symmetric keys are imported, derived or exported by a handshake",
+                              to_string(kind)));
+    }
+    GenerateSpec spec;
+    spec.name = required_string(p, "name");
+    spec.algorithm = parse_algorithm(optional_string(p, "alg").value_or("ec-p256"));
+    spec.entity = optional_string(p, "entity");
+    spec.expires = optional_time(p, "expires");
+    return key_to_json(vault_.generate_signing_key(spec));
+  }
+
+  if (op == "key.adopt") {
+    auto kind = parse_key_kind(optional_string(p, "kind").value_or("signing"));
+    if (kind != KeyKind::signing) {
+      throw Error(ErrorCode::unsupported, "only signing keys can be adopted from a token");
+    }
+    AdoptSpec spec;
+    spec.name = required_string(p, "name");
+    spec.token_label = required_string(p, "token_label");
+    spec.object = required_string(p, "object");
+    spec.entity = optional_string(p, "entity");
+    return key_to_json(vault_.adopt_signing_key(spec));
+  }
+
+  if (op == "key.list") {
+    std::optional<KeyKind> kind;
+    if (auto k = optional_string(p, "kind")) kind = parse_key_kind(*k);
+    json keys = json::array();
+    for (const auto& r : vault_.list(kind)) keys.push_back(key_to_json(r));
+    return {{"keys", std::move(keys)}};
+  }
+
+  if (op == "key.show") return key_to_json(vault_.show(required_string(p, "key")));
+
+  if (op == "key.public") {
+    auto key = required_string(p, "key");
+    return {{"pem", vault_.public_key_pem(key)}};
+  }
+
+  if (op == "key.check") {
+    auto check = vault_.check(required_string(p, "key"));
+    return {{"name", check.record.name},
+            {"check_value", check.check_value},
+            {"matches", check.matches}};
+  }
+
+  if (op == "key.delete") return key_to_json(vault_.remove(required_string(p, "key")));
+
+  if (op == "sign") {
+    auto key = required_string(p, "key");
+    auto scheme = parse_scheme(optional_string(p, "scheme").value_or("ecdsa"));
+    auto digest = required_base64(p, "digest");
+    auto signature = vault_.sign(key, scheme, digest);
+    return {{"signature", encoding::base64_encode(signature)}};
+  }
+
+  throw Error(ErrorCode::unsupported, fmt::format("unknown operation '{}'", op));
+}
+
+}  // namespace m2mvault::vault

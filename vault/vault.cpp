@@ -1,0 +1,300 @@
+#include "vault/vault.h"
+
+
+#include <chrono>
+#include <set>
+#include <string_view>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "api/encoding.h"
+#include "api/error.h"
+#include "vault/identifiers.h"
+
+namespace m2mvault::vault {
+namespace {
+
+constexpr std::size_t kMaxSecretBytes = 1024;
+
+ErrorCode code_of(hsm::Failure failure) {
+  switch (failure) {
+    case hsm::Failure::invalid_argument: return ErrorCode::invalid_argument;
+    case hsm::Failure::not_found: return ErrorCode::not_found;
+    case hsm::Failure::unsupported: return ErrorCode::unsupported;
+    case hsm::Failure::unavailable: return ErrorCode::backend_unavailable;
+    case hsm::Failure::internal: return ErrorCode::internal;
+  }
+  return ErrorCode::internal;
+}
+
+// Runs a secure-element call, turning hsm::Error into the wire error type.
+template <typename F>
+auto in_token(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const hsm::Error& e) {
+    throw Error(code_of(e.failure()), e.what());
+  }
+}
+
+std::span<const std::uint8_t> as_bytes(std::string_view s) {
+  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
+
+hsm::TokenKeyRef token_ref(const KeyRecord& r) {
+  return {r.token_label, r.object_id, r.object_label};
+}
+
+hsm::SecretRef secret_ref(const KeyRecord& r) {
+  if (r.storage == Storage::wrapped) return hsm::WrappedSecretRef{r.blob};
+  return token_ref(r);
+}
+
+std::string algorithm_name(hsm::SigningAlgorithm a) {
+  return a == hsm::SigningAlgorithm::ec_p256 ? "ec-p256" : "rsa-2048";
+}
+
+std::string pem_of(std::span<const std::uint8_t> spki) {
+  std::string b64 = encoding::base64_encode(spki);
+  std::string pem = "-----BEGIN PUBLIC KEY-----\n";
+  for (std::size_t i = 0; i < b64.size(); i += 64) {
+    pem += b64.substr(i, 64);
+    pem += '\n';
+  }
+  pem += "-----END PUBLIC KEY-----\n";
+  return pem;
+}
+
+}  // namespace
+
+std::int64_t system_clock_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+Vault::Vault(Catalog& catalog, hsm::SecureElement& se, Clock clock)
+    : catalog_(catalog), se_(se), clock_(std::move(clock)) {}
+
+std::string Vault::check_value_of(const hsm::SecretRef& ref) {
+  auto mac = in_token([&] { return se_.hmac_sha256(ref, as_bytes(kCheckValueLabel)); });
+  return encoding::hex_encode(std::span<const std::uint8_t>(mac.data(), 8));
+}
+
+ReconcileReport Vault::reconcile() {
+  ReconcileReport report;
+  for (const auto& row : catalog_.pending()) {
+    if (row.storage == Storage::token && in_token([&] { return se_.token_object_exists(row.object_id); })) {
+      std::vector<std::uint8_t> spki;
+      if (row.kind == KeyKind::signing) spki = in_token([&] { return se_.public_key(token_ref(row)); });
+      catalog_.activate(row.row, spki);
+      ++report.completed;
+    } else {
+      catalog_.remove(row.row);
+      ++report.dropped;
+    }
+  }
+  std::set<std::vector<std::uint8_t>> named;
+  for (const auto& row : catalog_.list()) {
+    if (row.storage == Storage::token) named.insert(row.object_id);
+  }
+  for (const auto& object : in_token([&] { return se_.list_vault_objects(); })) {
+    if (!named.contains(object)) {
+      in_token([&] { se_.destroy_token_object(object); });
+      ++report.destroyed;
+    }
+  }
+  return report;
+}
+
+KeyRecord Vault::import_key(const ImportSpec& spec, std::span<const std::uint8_t> secret) {
+  if (spec.kind == KeyKind::signing) {
+    throw Error(ErrorCode::unsupported,
+                "importing signing keys is not supported: generate one with 'key generate' or "
+                "reference a token key with 'key adopt'");
+  }
+  if (secret.empty() || secret.size() > kMaxSecretBytes) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("key value for '{}' must be 1 to {} bytes, got {}", spec.identifier,
+                            kMaxSecretBytes, secret.size()));
+  }
+  const std::int64_t now = clock_();
+  if (spec.expires && *spec.expires <= now) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("expiry of '{}' is in the past", spec.identifier));
+  }
+  KeyRecord record;
+  record.kind = spec.kind;
+  record.identifier = spec.identifier;
+  // Validate before touching the token: a bad identifier costs no HSM work.
+  canonical_identifier(spec.kind, spec.identifier);
+  record.name = spec.name.value_or(spec.identifier);
+  canonical_name(record.name);
+  record.entity = spec.entity;
+  record.created = now;
+  record.expires = spec.expires;
+  record.length = secret.size();
+
+  if (is_psk_kind(spec.kind)) {
+    record.storage = Storage::wrapped;
+    record.blob = in_token([&] { return se_.wrap_secret(secret); });
+    record.check_value = check_value_of(hsm::WrappedSecretRef{record.blob});
+    return catalog_.insert(std::move(record));
+  }
+
+  // Ke: a persistent, non-extractable token object. Its check value is taken
+  // from a transient wrapped copy so the pending row is complete.
+  record.storage = Storage::token;
+  {
+    auto transient = in_token([&] { return se_.wrap_secret(secret); });
+    record.check_value = check_value_of(hsm::WrappedSecretRef{transient});
+  }
+  record.object_id = in_token([&] { return se_.new_object_id(); });
+  KeyRecord pending = catalog_.insert_pending(std::move(record));
+  try {
+    in_token([&] { se_.create_token_secret(pending.object_id, secret); });
+  } catch (...) {
+    catalog_.remove(pending.row);
+    throw;
+  }
+  catalog_.activate(pending.row);
+  return pending;
+}
+
+KeyRecord Vault::generate_signing_key(const GenerateSpec& spec) {
+  const std::int64_t now = clock_();
+  if (spec.expires && *spec.expires <= now) {
+    throw Error(ErrorCode::invalid_argument, fmt::format("expiry of '{}' is in the past", spec.name));
+  }
+  KeyRecord record;
+  record.kind = KeyKind::signing;
+  record.name = spec.name;
+  canonical_name(record.name);
+  record.entity = spec.entity;
+  record.created = now;
+  record.expires = spec.expires;
+  record.storage = Storage::token;
+  record.algorithm = algorithm_name(spec.algorithm);
+  record.object_id = in_token([&] { return se_.new_object_id(); });
+  KeyRecord pending = catalog_.insert_pending(std::move(record));
+  try {
+    pending.public_key =
+        in_token([&] { return se_.generate_signing_key(pending.object_id, spec.algorithm); });
+  } catch (...) {
+    catalog_.remove(pending.row);
+    throw;
+  }
+  catalog_.activate(pending.row, pending.public_key);
+  return pending;
+}
+
+KeyRecord Vault::adopt_signing_key(const AdoptSpec& spec) {
+  if (spec.token_label.empty() || spec.object.empty()) {
+    throw Error(ErrorCode::invalid_argument, "adopting a key needs a token label and an object");
+  }
+  canonical_name(spec.name);
+  hsm::TokenKeyRef ref{spec.token_label, {}, {}};
+  // An object given as an even number of hex digits is tried as a CKA_ID,
+  // anything else as a CKA_LABEL.
+  if (auto id = encoding::hex_decode(spec.object); id && !id->empty()) {
+    ref.object_id = *id;
+  } else {
+    ref.object_label = spec.object;
+  }
+  auto adopted = in_token([&] { return se_.adopt_signing_key(ref); });
+  KeyRecord record;
+  record.kind = KeyKind::signing;
+  record.name = spec.name;
+  record.entity = spec.entity;
+  record.created = clock_();
+  record.storage = Storage::adopted;
+  record.token_label = spec.token_label;
+  record.object_id = adopted.object_id;
+  record.object_label = ref.object_label;
+  record.public_key = adopted.public_key;
+  record.algorithm = algorithm_name(adopted.algorithm);
+  return catalog_.insert(std::move(record));
+}
+
+std::vector<KeyRecord> Vault::list(std::optional<KeyKind> kind) { return catalog_.list(kind); }
+
+KeyRecord Vault::find_or_throw(std::string_view key) {
+  if (key.empty()) throw Error(ErrorCode::invalid_argument, "no key name or identifier given");
+  auto record = catalog_.find(key);
+  if (!record) throw Error(ErrorCode::not_found, fmt::format("no key named '{}'", key));
+  return std::move(*record);
+}
+
+KeyRecord Vault::usable_or_throw(std::string_view key) {
+  KeyRecord record = find_or_throw(key);
+  if (record.expires && *record.expires <= clock_()) {
+    throw Error(ErrorCode::expired, fmt::format("key '{}' has expired", record.name));
+  }
+  return record;
+}
+
+KeyRecord Vault::show(std::string_view key) { return find_or_throw(key); }
+
+std::string Vault::public_key_pem(std::string_view key) {
+  KeyRecord record = find_or_throw(key);
+  if (record.kind != KeyKind::signing || record.public_key.empty()) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("key '{}' is a {} key and has no public key", record.name,
+                            to_string(record.kind)));
+  }
+  return pem_of(record.public_key);
+}
+
+Vault::Check Vault::check(std::string_view key) {
+  KeyRecord record = usable_or_throw(key);
+  if (!is_symmetric(record.kind)) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("key '{}' is a signing key and has no check value", record.name));
+  }
+  std::string value = check_value_of(secret_ref(record));
+  bool matches = record.check_value && *record.check_value == value;
+  return {std::move(record), std::move(value), matches};
+}
+
+std::vector<std::uint8_t> Vault::sign(std::string_view key, hsm::SignatureScheme scheme,
+                                      std::span<const std::uint8_t> digest) {
+  KeyRecord record = usable_or_throw(key);
+  if (record.kind != KeyKind::signing) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("key '{}' is a {} key, not a signing key", record.name,
+                            to_string(record.kind)));
+  }
+  const bool is_ec = record.algorithm == "ec-p256";
+  if (is_ec != (scheme == hsm::SignatureScheme::ecdsa)) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("key '{}' ({}) cannot make that kind of signature", record.name,
+                            record.algorithm));
+  }
+  if (digest.size() != 32 && digest.size() != 48 && digest.size() != 64) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("digest must be 32, 48 or 64 bytes (SHA-256/384/512), got {}",
+                            digest.size()));
+  }
+  return in_token([&] { return se_.sign_digest(token_ref(record), scheme, digest); });
+}
+
+KeyRecord Vault::remove(std::string_view key) {
+  KeyRecord record = find_or_throw(key);
+  catalog_.remove(record.row);
+  if (record.storage == Storage::token) {
+    try {
+      in_token([&] { se_.destroy_token_object(record.object_id); });
+    } catch (const Error& e) {
+      // The row is gone; the orphan object is destroyed at the next start.
+      spdlog::warn("key '{}' deleted from the catalog; its token object will be removed at the "
+                   "next start ({})",
+                   record.name, e.what());
+    }
+  }
+  return record;
+}
+
+std::size_t Vault::count() { return catalog_.count(); }
+
+}  // namespace m2mvault::vault

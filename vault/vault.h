@@ -1,0 +1,110 @@
+// The daemon core: the oneM2M key model over the catalog and the secure
+// element. Every method is a complete, crash-safe procedure; every failure is
+// an m2mvault::Error with a stable code and a message naming the key.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "hsm/secure_element.h"
+#include "vault/catalog.h"
+#include "vault/key_model.h"
+
+namespace m2mvault::vault {
+
+// Seconds since the Unix epoch; injectable so expiry can be tested.
+using Clock = std::function<std::int64_t()>;
+std::int64_t system_clock_now();
+
+// The label of the key check value (issue: key check values):
+// first 8 bytes of HMAC-SHA-256(key, label), as 16 lowercase hex digits.
+inline constexpr std::string_view kCheckValueLabel = "m2mvault key check value";
+
+struct ImportSpec {
+  KeyKind kind = KeyKind::kpsa;
+  std::string identifier;
+  std::optional<std::string> name;
+  std::optional<std::string> entity;
+  std::optional<std::int64_t> expires;
+};
+
+struct GenerateSpec {
+  std::string name;
+  hsm::SigningAlgorithm algorithm = hsm::SigningAlgorithm::ec_p256;
+  std::optional<std::string> entity;
+  std::optional<std::int64_t> expires;
+};
+
+struct AdoptSpec {
+  std::string name;
+  std::string token_label;
+  std::string object;  // CKA_LABEL, or hex CKA_ID
+  std::optional<std::string> entity;
+};
+
+struct ReconcileReport {
+  std::size_t completed = 0;  // pending rows whose object existed
+  std::size_t dropped = 0;    // pending rows whose object did not
+  std::size_t destroyed = 0;  // vault-tagged objects no row names
+};
+
+class Vault {
+ public:
+  Vault(Catalog& catalog, hsm::SecureElement& se, Clock clock = system_clock_now);
+
+  // Brings catalog and token into agreement after a crash (DESIGN.md): runs
+  // once at start, before the socket is opened.
+  ReconcileReport reconcile();
+
+  // Imports a symmetric key. PSK kinds are wrapped under the KEK in one
+  // catalog transaction; a Ke becomes a token object (two-phase create).
+  KeyRecord import_key(const ImportSpec& spec, std::span<const std::uint8_t> secret);
+
+  // Generates a signing key pair inside the token (two-phase create).
+  KeyRecord generate_signing_key(const GenerateSpec& spec);
+
+  // References a key pair that already lives in a token, in place.
+  KeyRecord adopt_signing_key(const AdoptSpec& spec);
+
+  std::vector<KeyRecord> list(std::optional<KeyKind> kind);
+  KeyRecord show(std::string_view key);
+
+  // PEM SubjectPublicKeyInfo of a signing key.
+  std::string public_key_pem(std::string_view key);
+
+  // Recomputes the key check value inside the token; `matches` compares it
+  // with the catalog's.
+  struct Check {
+    KeyRecord record;
+    std::string check_value;
+    bool matches;
+  };
+  Check check(std::string_view key);
+
+  // Signs a digest with a signing key inside the token.
+  std::vector<std::uint8_t> sign(std::string_view key, hsm::SignatureScheme scheme,
+                                 std::span<const std::uint8_t> digest);
+
+  // Deletes a key: the catalog row first, then the token object (an orphan
+  // left by a crash in between is destroyed by reconcile()). Adopted keys are
+  // forgotten, never destroyed.
+  KeyRecord remove(std::string_view key);
+
+  std::size_t count();
+  hsm::BackendInfo backend() const { return se_.info(); }
+
+ private:
+  KeyRecord find_or_throw(std::string_view key);
+  KeyRecord usable_or_throw(std::string_view key);
+  std::string check_value_of(const hsm::SecretRef& ref);
+
+  Catalog& catalog_;
+  hsm::SecureElement& se_;
+  Clock clock_;
+};
+
+}  // namespace m2mvault::vault
