@@ -446,3 +446,12 @@ std::unique_ptr<Catalog> Catalog::open(const std::filesystem::path& path) {
 }
 
 }  // namespace m2mvault::vault
+
+namespace m2mvault::vault {
+
+// Test hook (tests/vault): transactions the writer has committed.
+std::uint64_t catalog_commit_count(Catalog& catalog) {
+  return static_cast<SqliteCatalog&>(catalog).commits();
+}
+
+}  // namespace m2mvault::vault
