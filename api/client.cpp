@@ -14,7 +14,9 @@
 namespace m2mvault::api {
 namespace {
 
-[[noreturn]] void unavailable(const std::string& what) { throw Error(ErrorCode::backend_unavailable, what); }
+[[noreturn]] void unavailable(const std::string& what) {
+  throw Error(ErrorCode::backend_unavailable, what);
+}
 
 }  // namespace
 
@@ -126,7 +128,8 @@ nlohmann::json Client::call(std::string_view op, const nlohmann::json& params) {
   }
   if (auto err = response.find("error"); err != response.end()) {
     std::string code_text = err->is_object() ? err->value("code", "internal") : "internal";
-    std::string message = err->is_object() ? err->value("message", "request failed") : "request failed";
+    std::string message =
+        err->is_object() ? err->value("message", "request failed") : "request failed";
     throw Error(error_code_from_string(code_text).value_or(ErrorCode::internal), message);
   }
   auto result = response.find("result");

@@ -23,14 +23,22 @@ enum class ErrorCode {
 
 constexpr std::string_view to_string(ErrorCode code) {
   switch (code) {
-    case ErrorCode::invalid_argument: return "invalid_argument";
-    case ErrorCode::not_found: return "not_found";
-    case ErrorCode::denied: return "denied";
-    case ErrorCode::conflict: return "conflict";
-    case ErrorCode::expired: return "expired";
-    case ErrorCode::unsupported: return "unsupported";
-    case ErrorCode::backend_unavailable: return "backend_unavailable";
-    case ErrorCode::internal: return "internal";
+    case ErrorCode::invalid_argument:
+      return "invalid_argument";
+    case ErrorCode::not_found:
+      return "not_found";
+    case ErrorCode::denied:
+      return "denied";
+    case ErrorCode::conflict:
+      return "conflict";
+    case ErrorCode::expired:
+      return "expired";
+    case ErrorCode::unsupported:
+      return "unsupported";
+    case ErrorCode::backend_unavailable:
+      return "backend_unavailable";
+    case ErrorCode::internal:
+      return "internal";
   }
   return "internal";
 }

@@ -4,10 +4,9 @@
 
 #include <sys/types.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace m2mvault::api {
 
@@ -20,9 +19,9 @@ struct Principal {
 };
 
 struct Request {
-  nlohmann::json id;          // echoed in the response (number or string)
-  std::string op;             // e.g. "key.import"
-  nlohmann::json params;      // always an object (empty when absent)
+  nlohmann::json id;      // echoed in the response (number or string)
+  std::string op;         // e.g. "key.import"
+  nlohmann::json params;  // always an object (empty when absent)
 };
 
 // Implemented by the vault. Returns the `result` object of the response, or

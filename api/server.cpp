@@ -1,19 +1,18 @@
 #include "api/server.h"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <boost/asio.hpp>
 #include <cerrno>
 #include <cstring>
 #include <thread>
 #include <vector>
-
-#include <boost/asio.hpp>
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "api/error.h"
 #include "api/framing.h"
@@ -41,7 +40,9 @@ struct Frame {
 };
 
 json error_response(const json& id, ErrorCode code, std::string_view message) {
-  return {{"v", kProtocolVersion}, {"id", id}, {"error", {{"code", to_string(code)}, {"message", message}}}};
+  return {{"v", kProtocolVersion},
+          {"id", id},
+          {"error", {{"code", to_string(code)}, {"message", message}}}};
 }
 
 Principal peer_of(int fd) {
@@ -113,7 +114,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Serves the next whole frame in the buffer, or reads more.
   void next() {
     if (buffered() >= 4) {
-      const std::uint32_t n = decode_frame_length(reinterpret_cast<const std::uint8_t*>(&buffer_[start_]));
+      const std::uint32_t n =
+          decode_frame_length(reinterpret_cast<const std::uint8_t*>(&buffer_[start_]));
       if (n == 0) {
         start_ += 4;
         return respond(error_response(nullptr, ErrorCode::invalid_argument, "empty frame"));
@@ -156,12 +158,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
         buffer_.resize(buffer_.size() * 2);
       }
     }
-    socket_.async_read_some(asio::buffer(buffer_.data() + end_, buffer_.size() - end_),
-                            [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
-                              if (ec) return self->close();
-                              self->end_ += n;
-                              self->next();
-                            });
+    socket_.async_read_some(
+        asio::buffer(buffer_.data() + end_, buffer_.size() - end_),
+        [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
+          if (ec) return self->close();
+          self->end_ += n;
+          self->next();
+        });
   }
 
   void arm_timer(std::chrono::milliseconds after, bool rearm) {
@@ -177,11 +180,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void respond(json response) {
     frame_timer_armed_ = false;
     out_ = std::make_unique<Frame>(response);
-    asio::async_write(socket_, out_->buffers(),
-                      [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
-                        if (ec) return self->close();
-                        self->next();
-                      });
+    asio::async_write(
+        socket_, out_->buffers(),
+        [self = shared_from_this()](const boost::system::error_code& ec, std::size_t) {
+          if (ec) return self->close();
+          self->next();
+        });
   }
 
   void close() {
@@ -213,12 +217,14 @@ json Server::Impl::process(const Principal& principal, std::string_view body) {
   }
   auto id_it = message.find("id");
   if (id_it == message.end() || !(id_it->is_number_integer() || id_it->is_string())) {
-    return error_response(nullptr, ErrorCode::invalid_argument, "request has no 'id' (number or string)");
+    return error_response(nullptr, ErrorCode::invalid_argument,
+                          "request has no 'id' (number or string)");
   }
   Request request;
   request.id = *id_it;
   auto v = message.find("v");
-  if (v == message.end() || !v->is_number_unsigned() || v->get<std::uint64_t>() != kProtocolVersion) {
+  if (v == message.end() || !v->is_number_unsigned() ||
+      v->get<std::uint64_t>() != kProtocolVersion) {
     return error_response(request.id, ErrorCode::unsupported,
                           fmt::format("protocol version {} not supported (this daemon speaks 1)",
                                       v == message.end() ? "(none)" : v->dump()));
@@ -250,21 +256,22 @@ json Server::Impl::process(const Principal& principal, std::string_view body) {
 }
 
 void Server::Impl::accept() {
-  acceptor.async_accept(asio::make_strand(io), [this](const boost::system::error_code& ec, local::socket socket) {
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
-    if (!ec) {
-      const std::size_t now = connections.fetch_add(1) + 1;
-      auto connection = std::make_shared<Connection>(*this, std::move(socket));
-      if (now > config.max_connections) {
-        connection->refuse(ErrorCode::backend_unavailable, "too many connections");
-      } else {
-        connection->start();
-      }
-    } else {
-      spdlog::warn("accept failed: {}", ec.message());
-    }
-    accept();
-  });
+  acceptor.async_accept(
+      asio::make_strand(io), [this](const boost::system::error_code& ec, local::socket socket) {
+        if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+        if (!ec) {
+          const std::size_t now = connections.fetch_add(1) + 1;
+          auto connection = std::make_shared<Connection>(*this, std::move(socket));
+          if (now > config.max_connections) {
+            connection->refuse(ErrorCode::backend_unavailable, "too many connections");
+          } else {
+            connection->start();
+          }
+        } else {
+          spdlog::warn("accept failed: {}", ec.message());
+        }
+        accept();
+      });
 }
 
 Server::Server(ServerConfig config, RequestHandler& handler)
@@ -284,7 +291,8 @@ Server::Server(ServerConfig config, RequestHandler& handler)
     boost::system::error_code ec;
     probe.connect(local::endpoint(path.string()), ec);
     if (!ec) {
-      throw Error(ErrorCode::conflict, fmt::format("another daemon is listening on {}", path.string()));
+      throw Error(ErrorCode::conflict,
+                  fmt::format("another daemon is listening on {}", path.string()));
     }
     std::filesystem::remove(path);  // stale: left by a daemon that died
   }
@@ -293,7 +301,8 @@ Server::Server(ServerConfig config, RequestHandler& handler)
   if (!ec) impl_->acceptor.bind(local::endpoint(path.string()), ec);
   if (!ec) impl_->acceptor.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) {
-    throw Error(ErrorCode::internal, fmt::format("cannot listen on {}: {}", path.string(), ec.message()));
+    throw Error(ErrorCode::internal,
+                fmt::format("cannot listen on {}: {}", path.string(), ec.message()));
   }
   ::chmod(path.c_str(), 0666);
 }
@@ -323,6 +332,8 @@ void Server::stop() {
   });
 }
 
-std::size_t Server::connection_count() const { return impl_->connections.load(); }
+std::size_t Server::connection_count() const {
+  return impl_->connections.load();
+}
 
 }  // namespace m2mvault::api

@@ -50,10 +50,10 @@ struct WrappedSecretRef {
 using SecretRef = std::variant<WrappedSecretRef, TokenKeyRef>;
 
 struct BackendInfo {
-  std::string backend;        // "pkcs11" or "tpm2"
-  std::string module;         // module path or TCTI
-  std::string token_label;    // token label (PKCS#11) or "" (TPM)
-  std::string token_model;    // e.g. "SoftHSM v2"
+  std::string backend;      // "pkcs11" or "tpm2"
+  std::string module;       // module path or TCTI
+  std::string token_label;  // token label (PKCS#11) or "" (TPM)
+  std::string token_model;  // e.g. "SoftHSM v2"
 };
 
 class SecureElement {

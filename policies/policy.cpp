@@ -30,14 +30,22 @@ constexpr std::array kOperations{
 
 std::string_view to_string(Grant grant) {
   switch (grant) {
-    case Grant::none: return "none";
-    case Grant::key_read: return "key.read";
-    case Grant::key_create: return "key.create";
-    case Grant::key_delete: return "key.delete";
-    case Grant::sign: return "sign";
-    case Grant::psk_release: return "psk.release";
-    case Grant::derive: return "derive";
-    case Grant::handshake: return "handshake";
+    case Grant::none:
+      return "none";
+    case Grant::key_read:
+      return "key.read";
+    case Grant::key_create:
+      return "key.create";
+    case Grant::key_delete:
+      return "key.delete";
+    case Grant::sign:
+      return "sign";
+    case Grant::psk_release:
+      return "psk.release";
+    case Grant::derive:
+      return "derive";
+    case Grant::handshake:
+      return "handshake";
   }
   return "unknown";
 }
@@ -57,7 +65,8 @@ std::vector<std::string_view> known_operations() {
 
 Decision Policy::authorize(const Peer& peer, Grant grant) const {
   if (grant == Grant::none) return {true, "operation needs no grant"};
-  if (is_administrator(peer)) return {true, "uid " + std::to_string(peer.uid) + " is an administrator"};
+  if (is_administrator(peer))
+    return {true, "uid " + std::to_string(peer.uid) + " is an administrator"};
   return {false, "uid " + std::to_string(peer.uid) + " holds no grant '" +
                      std::string(to_string(grant)) + "' (default deny)"};
 }

@@ -42,9 +42,7 @@ class Policy {
  public:
   explicit Policy(uid_t daemon_uid) : daemon_uid_(daemon_uid) {}
 
-  bool is_administrator(const Peer& peer) const {
-    return peer.uid == 0 || peer.uid == daemon_uid_;
-  }
+  bool is_administrator(const Peer& peer) const { return peer.uid == 0 || peer.uid == daemon_uid_; }
 
   Decision authorize(const Peer& peer, Grant grant) const;
 

@@ -3,9 +3,11 @@
 // Every error is one line on stderr, "m2mvault: <code>: <message>", and a
 // non-zero exit status (docs/CLI.md lists them). Key values are accepted on
 // the way in (import) and never printed.
+#include <fmt/format.h>
 #include <openssl/crypto.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -13,9 +15,6 @@
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <fmt/format.h>
 
 #include "api/client.h"
 #include "api/encoding.h"
@@ -31,14 +30,22 @@ constexpr int kUsageExit = 2;
 
 int exit_status(ErrorCode code) {
   switch (code) {
-    case ErrorCode::invalid_argument: return 10;
-    case ErrorCode::not_found: return 11;
-    case ErrorCode::denied: return 12;
-    case ErrorCode::conflict: return 13;
-    case ErrorCode::expired: return 14;
-    case ErrorCode::unsupported: return 15;
-    case ErrorCode::backend_unavailable: return 16;
-    case ErrorCode::internal: return 17;
+    case ErrorCode::invalid_argument:
+      return 10;
+    case ErrorCode::not_found:
+      return 11;
+    case ErrorCode::denied:
+      return 12;
+    case ErrorCode::conflict:
+      return 13;
+    case ErrorCode::expired:
+      return 14;
+    case ErrorCode::unsupported:
+      return 15;
+    case ErrorCode::backend_unavailable:
+      return 16;
+    case ErrorCode::internal:
+      return 17;
   }
   return 1;
 }
@@ -58,11 +65,12 @@ std::string text_or_dash(const json& j, const char* field) {
 }
 
 void print_key_human(const json& key) {
-  static const char* kFields[] = {"name",   "kind",        "id",        "entity",      "created",
-                                  "expires", "storage",    "length",    "check_value", "algorithm",
-                                  "parent", "token_label", "object_id"};
+  static const char* kFields[] = {"name",    "kind",        "id",       "entity",      "created",
+                                  "expires", "storage",     "length",   "check_value", "algorithm",
+                                  "parent",  "token_label", "object_id"};
   for (const char* field : kFields) {
-    if (key.contains(field)) fmt::print("{:<12} {}\n", std::string(field) + ":", text_or_dash(key, field));
+    if (key.contains(field))
+      fmt::print("{:<12} {}\n", std::string(field) + ":", text_or_dash(key, field));
   }
 }
 
@@ -70,7 +78,8 @@ void print_key_table(const json& keys) {
   std::vector<std::vector<std::string>> rows;
   rows.push_back({"NAME", "KIND", "ID", "ENTITY", "EXPIRES", "CHECK/ALG"});
   for (const auto& k : keys) {
-    std::string check = k.contains("check_value") ? text_or_dash(k, "check_value") : text_or_dash(k, "algorithm");
+    std::string check =
+        k.contains("check_value") ? text_or_dash(k, "check_value") : text_or_dash(k, "algorithm");
     rows.push_back({text_or_dash(k, "name"), text_or_dash(k, "kind"), text_or_dash(k, "id"),
                     text_or_dash(k, "entity"), text_or_dash(k, "expires"), check});
   }
@@ -92,10 +101,12 @@ std::vector<std::uint8_t> read_key_file(const std::string& path) {
     bytes.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   } else {
     std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error(ErrorCode::invalid_argument, fmt::format("cannot read key file '{}'", path));
+    if (!in)
+      throw Error(ErrorCode::invalid_argument, fmt::format("cannot read key file '{}'", path));
     bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
-  if (bytes.empty()) throw Error(ErrorCode::invalid_argument, fmt::format("key file '{}' is empty", path));
+  if (bytes.empty())
+    throw Error(ErrorCode::invalid_argument, fmt::format("key file '{}' is empty", path));
   return bytes;
 }
 
@@ -138,11 +149,12 @@ int main(int argc, char** argv) {
         fmt::print("{}\n", s.dump(2));
         return;
       }
-      fmt::print("m2mvaultd {} (protocol {})\nbackend:  {} {}\ntoken:    '{}' ({})\nkeys:     {}\nuptime:   {} s\n",
-                 text_or_dash(s, "version"), text_or_dash(s, "protocol"), text_or_dash(s, "backend"),
-                 text_or_dash(s, "module"), text_or_dash(s, "token_label"),
-                 text_or_dash(s, "token_model"), text_or_dash(s, "keys"),
-                 text_or_dash(s, "uptime_seconds"));
+      fmt::print(
+          "m2mvaultd {} (protocol {})\nbackend:  {} {}\ntoken:    '{}' ({})\nkeys:     {}\nuptime: "
+          "  {} s\n",
+          text_or_dash(s, "version"), text_or_dash(s, "protocol"), text_or_dash(s, "backend"),
+          text_or_dash(s, "module"), text_or_dash(s, "token_label"), text_or_dash(s, "token_model"),
+          text_or_dash(s, "keys"), text_or_dash(s, "uptime_seconds"));
     };
   });
 
@@ -170,167 +182,175 @@ int main(int argc, char** argv) {
   import->add_flag("--json", o.json_output, "Print JSON");
   import->callback([&] {
     if (imp.hex.empty() && imp.in.empty()) throw CLI::ValidationError("--hex or --in", "one is required");
-    action = [&] {
-      std::vector<std::uint8_t> value;
-      if (!imp.in.empty()) {
-        value = read_key_file(imp.in);
-      } else {
-        auto decoded = m2mvault::encoding::hex_decode(imp.hex);
-        wipe(imp.hex);
-        if (!decoded || decoded->empty()) {
-          throw Error(ErrorCode::invalid_argument, "--hex is not a non-empty, even-length hex string");
-        }
-        value = std::move(*decoded);
+  action = [&] {
+    std::vector<std::uint8_t> value;
+    if (!imp.in.empty()) {
+      value = read_key_file(imp.in);
+    } else {
+      auto decoded = m2mvault::encoding::hex_decode(imp.hex);
+      wipe(imp.hex);
+      if (!decoded || decoded->empty()) {
+        throw Error(ErrorCode::invalid_argument,
+                    "--hex is not a non-empty, even-length hex string");
       }
-      json params = {{"kind", imp.kind}, {"id", imp.id}};
-      if (!imp.name.empty()) params["name"] = imp.name;
-      if (!imp.entity.empty()) params["entity"] = imp.entity;
-      if (!imp.expires.empty()) params["expires"] = imp.expires;
-      std::string encoded = m2mvault::encoding::base64_encode(value);
-      wipe(value);
-      params["value"] = encoded;
-      wipe(encoded);
-      auto client = connect(o);
-      json result;
-      try {
-        result = client.call("key.import", params);
-      } catch (...) {
-        wipe(params["value"].get_ref<std::string&>());
-        throw;
-      }
+      value = std::move(*decoded);
+    }
+    json params = {{"kind", imp.kind}, {"id", imp.id}};
+    if (!imp.name.empty()) params["name"] = imp.name;
+    if (!imp.entity.empty()) params["entity"] = imp.entity;
+    if (!imp.expires.empty()) params["expires"] = imp.expires;
+    std::string encoded = m2mvault::encoding::base64_encode(value);
+    wipe(value);
+    params["value"] = encoded;
+    wipe(encoded);
+    auto client = connect(o);
+    json result;
+    try {
+      result = client.call("key.import", params);
+    } catch (...) {
       wipe(params["value"].get_ref<std::string&>());
-      emit_key(o, result);
-    };
-  });
+      throw;
+    }
+    wipe(params["value"].get_ref<std::string&>());
+    emit_key(o, result);
+  };
+});
 
-  // key generate
-  struct {
-    std::string kind = "signing", name, alg = "ec-p256", entity, expires;
-  } gen;
-  auto* generate = key->add_subcommand("generate", "Generate a signing key pair inside the token");
-  generate->add_option("--kind", gen.kind, "signing")->check(CLI::IsMember({"signing"}));
-  generate->add_option("--name", gen.name, "Key name, e.g. mn-cse-123456")->required();
-  generate->add_option("--alg", gen.alg, "ec-p256 (default) | rsa-2048")
-      ->check(CLI::IsMember({"ec-p256", "rsa-2048"}));
-  generate->add_option("--entity", gen.entity, "CSE-ID or AE-ID the key belongs to");
-  generate->add_option("--expires", gen.expires, "Expiry, RFC 3339");
-  generate->add_flag("--json", o.json_output, "Print JSON");
-  generate->callback([&] {
-    action = [&] {
-      json params = {{"kind", gen.kind}, {"name", gen.name}, {"alg", gen.alg}};
-      if (!gen.entity.empty()) params["entity"] = gen.entity;
-      if (!gen.expires.empty()) params["expires"] = gen.expires;
-      emit_key(o, connect(o).call("key.generate", params));
-    };
-  });
+// key generate
+struct {
+  std::string kind = "signing", name, alg = "ec-p256", entity, expires;
+} gen;
+auto* generate = key->add_subcommand("generate", "Generate a signing key pair inside the token");
+generate->add_option("--kind", gen.kind, "signing")->check(CLI::IsMember({"signing"}));
+generate->add_option("--name", gen.name, "Key name, e.g. mn-cse-123456")->required();
+generate->add_option("--alg", gen.alg, "ec-p256 (default) | rsa-2048")
+    ->check(CLI::IsMember({"ec-p256", "rsa-2048"}));
+generate->add_option("--entity", gen.entity, "CSE-ID or AE-ID the key belongs to");
+generate->add_option("--expires", gen.expires, "Expiry, RFC 3339");
+generate->add_flag("--json", o.json_output, "Print JSON");
+generate->callback([&] {
+  action = [&] {
+    json params = {{"kind", gen.kind}, {"name", gen.name}, {"alg", gen.alg}};
+    if (!gen.entity.empty()) params["entity"] = gen.entity;
+    if (!gen.expires.empty()) params["expires"] = gen.expires;
+    emit_key(o, connect(o).call("key.generate", params));
+  };
+});
 
-  // key adopt
-  struct {
-    std::string kind = "signing", name, token_label, object, entity;
-  } adopt_args;
-  auto* adopt = key->add_subcommand(
-      "adopt", "Reference a signing key that already lives in a token (never modified or deleted)");
-  adopt->add_option("--kind", adopt_args.kind, "signing")->check(CLI::IsMember({"signing"}));
-  adopt->add_option("--name", adopt_args.name, "Key name in the vault")->required();
-  adopt->add_option("--token-label", adopt_args.token_label, "Label of the token holding the key")
-      ->required();
-  adopt->add_option("--object", adopt_args.object, "Object label (CKA_LABEL) or hex CKA_ID")->required();
-  adopt->add_option("--entity", adopt_args.entity, "CSE-ID or AE-ID the key belongs to");
-  adopt->add_flag("--json", o.json_output, "Print JSON");
-  adopt->callback([&] {
-    action = [&] {
-      json params = {{"kind", adopt_args.kind},
-                     {"name", adopt_args.name},
-                     {"token_label", adopt_args.token_label},
-                     {"object", adopt_args.object}};
-      if (!adopt_args.entity.empty()) params["entity"] = adopt_args.entity;
-      emit_key(o, connect(o).call("key.adopt", params));
-    };
-  });
+// key adopt
+struct {
+  std::string kind = "signing", name, token_label, object, entity;
+} adopt_args;
+auto* adopt = key->add_subcommand(
+    "adopt", "Reference a signing key that already lives in a token (never modified or deleted)");
+adopt->add_option("--kind", adopt_args.kind, "signing")->check(CLI::IsMember({"signing"}));
+adopt->add_option("--name", adopt_args.name, "Key name in the vault")->required();
+adopt->add_option("--token-label", adopt_args.token_label, "Label of the token holding the key")
+    ->required();
+adopt->add_option("--object", adopt_args.object, "Object label (CKA_LABEL) or hex CKA_ID")
+    ->required();
+adopt->add_option("--entity", adopt_args.entity, "CSE-ID or AE-ID the key belongs to");
+adopt->add_flag("--json", o.json_output, "Print JSON");
+adopt->callback([&] {
+  action = [&] {
+    json params = {{"kind", adopt_args.kind},
+                   {"name", adopt_args.name},
+                   {"token_label", adopt_args.token_label},
+                   {"object", adopt_args.object}};
+    if (!adopt_args.entity.empty()) params["entity"] = adopt_args.entity;
+    emit_key(o, connect(o).call("key.adopt", params));
+  };
+});
 
-  // key list
-  std::string list_kind;
-  auto* list = key->add_subcommand("list", "List keys (never their values)");
-  list->add_option("--kind", list_kind, "Only keys of this kind");
-  list->add_flag("--json", o.json_output, "Print a JSON array");
-  list->callback([&] {
-    action = [&] {
-      json params = json::object();
-      if (!list_kind.empty()) params["kind"] = list_kind;
-      json keys = connect(o).call("key.list", params).at("keys");
-      if (o.json_output) {
-        fmt::print("{}\n", keys.dump(2));
-      } else {
-        print_key_table(keys);
-      }
-    };
-  });
+// key list
+std::string list_kind;
+auto* list = key->add_subcommand("list", "List keys (never their values)");
+list->add_option("--kind", list_kind, "Only keys of this kind");
+list->add_flag("--json", o.json_output, "Print a JSON array");
+list->callback([&] {
+  action = [&] {
+    json params = json::object();
+    if (!list_kind.empty()) params["kind"] = list_kind;
+    json keys = connect(o).call("key.list", params).at("keys");
+    if (o.json_output) {
+      fmt::print("{}\n", keys.dump(2));
+    } else {
+      print_key_table(keys);
+    }
+  };
+});
 
-  // key show / public / delete / check
-  std::string key_ref;
-  auto* show = key->add_subcommand("show", "Show one key's metadata");
-  show->add_option("key", key_ref, "Key name or identifier")->required();
-  show->add_flag("--json", o.json_output, "Print JSON");
-  show->callback([&] { action = [&] { emit_key(o, connect(o).call("key.show", {{"key", key_ref}})); }; });
+// key show / public / delete / check
+std::string key_ref;
+auto* show = key->add_subcommand("show", "Show one key's metadata");
+show->add_option("key", key_ref, "Key name or identifier")->required();
+show->add_flag("--json", o.json_output, "Print JSON");
+show->callback([&] {
+  action = [&] { emit_key(o, connect(o).call("key.show", {{"key", key_ref}})); };
+});
 
-  auto* pub = key->add_subcommand("public", "Print a signing key's public key (PEM)");
-  pub->add_option("key", key_ref, "Key name")->required();
-  pub->callback([&] {
-    action = [&] {
-      fmt::print("{}", connect(o).call("key.public", {{"key", key_ref}}).at("pem").get<std::string>());
-    };
-  });
+auto* pub = key->add_subcommand("public", "Print a signing key's public key (PEM)");
+pub->add_option("key", key_ref, "Key name")->required();
+pub->callback([&] {
+  action = [&] {
+    fmt::print("{}",
+               connect(o).call("key.public", {{"key", key_ref}}).at("pem").get<std::string>());
+  };
+});
 
-  auto* del = key->add_subcommand("delete", "Delete a key (adopted keys are only forgotten)");
-  del->add_option("key", key_ref, "Key name or identifier")->required();
-  del->add_flag("--json", o.json_output, "Print JSON");
-  del->callback([&] {
-    action = [&] {
-      json deleted = connect(o).call("key.delete", {{"key", key_ref}});
-      if (o.json_output) {
-        fmt::print("{}\n", deleted.dump(2));
-      } else {
-        fmt::print("deleted {} key '{}'\n", text_or_dash(deleted, "kind"), text_or_dash(deleted, "name"));
-      }
-    };
-  });
+auto* del = key->add_subcommand("delete", "Delete a key (adopted keys are only forgotten)");
+del->add_option("key", key_ref, "Key name or identifier")->required();
+del->add_flag("--json", o.json_output, "Print JSON");
+del->callback([&] {
+  action = [&] {
+    json deleted = connect(o).call("key.delete", {{"key", key_ref}});
+    if (o.json_output) {
+      fmt::print("{}\n", deleted.dump(2));
+    } else {
+      fmt::print("deleted {} key '{}'\n", text_or_dash(deleted, "kind"),
+                 text_or_dash(deleted, "name"));
+    }
+  };
+});
 
-  auto* check = key->add_subcommand(
-      "check",
-      "Recompute a symmetric key's check value inside the token: the first 8 bytes of "
-      "HMAC-SHA-256(key, \"m2mvault key check value\") as hex");
-  check->add_option("key", key_ref, "Key name or identifier")->required();
-  check->add_flag("--json", o.json_output, "Print JSON");
-  check->callback([&] {
-    action = [&] {
-      json c = connect(o).call("key.check", {{"key", key_ref}});
-      if (o.json_output) {
-        fmt::print("{}\n", c.dump(2));
-      } else {
-        fmt::print("{} {}\n", c.at("check_value").get<std::string>(),
-                   c.at("matches").get<bool>() ? "matches the catalog" : "DOES NOT match the catalog");
-      }
-      if (!c.at("matches").get<bool>()) throw Error(ErrorCode::internal, "check value mismatch");
-    };
-  });
+auto* check = key->add_subcommand(
+    "check",
+    "Recompute a symmetric key's check value inside the token: the first 8 bytes of "
+    "HMAC-SHA-256(key, \"m2mvault key check value\") as hex");
+check->add_option("key", key_ref, "Key name or identifier")->required();
+check->add_flag("--json", o.json_output, "Print JSON");
+check->callback([&] {
+  action = [&] {
+    json c = connect(o).call("key.check", {{"key", key_ref}});
+    if (o.json_output) {
+      fmt::print("{}\n", c.dump(2));
+    } else {
+      fmt::print(
+          "{} {}\n", c.at("check_value").get<std::string>(),
+          c.at("matches").get<bool>() ? "matches the catalog" : "DOES NOT match the catalog");
+    }
+    if (!c.at("matches").get<bool>()) throw Error(ErrorCode::internal, "check value mismatch");
+  };
+});
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    int code = app.exit(e);
-    return code == 0 ? 0 : kUsageExit;
-  }
-  try {
-    if (action) action();
-    return 0;
-  } catch (const Error& e) {
-    std::fprintf(stderr, "m2mvault: %s: %s\n", std::string(m2mvault::to_string(e.code())).c_str(), e.what());
-    return exit_status(e.code());
-  } catch (const json::exception& e) {
-    std::fprintf(stderr, "m2mvault: internal: unexpected response from the daemon\n");
-    return exit_status(ErrorCode::internal);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "m2mvault: %s\n", e.what());
-    return 1;
-  }
+try {
+  app.parse(argc, argv);
+} catch (const CLI::ParseError& e) {
+  int code = app.exit(e);
+  return code == 0 ? 0 : kUsageExit;
+}
+try {
+  if (action) action();
+  return 0;
+} catch (const Error& e) {
+  std::fprintf(stderr, "m2mvault: %s: %s\n", std::string(m2mvault::to_string(e.code())).c_str(),
+               e.what());
+  return exit_status(e.code());
+} catch (const json::exception& e) {
+  std::fprintf(stderr, "m2mvault: internal: unexpected response from the daemon\n");
+  return exit_status(ErrorCode::internal);
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "m2mvault: %s\n", e.what());
+  return 1;
+}
 }

@@ -1,6 +1,7 @@
 #include "vault/catalog.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sqlite3.h>
 #include <unistd.h>
 
@@ -12,8 +13,6 @@
 #include <future>
 #include <mutex>
 #include <thread>
-
-#include <fmt/format.h>
 
 #include "api/error.h"
 #include "vault/identifiers.h"
@@ -55,7 +54,8 @@ CREATE INDEX IF NOT EXISTS keys_by_state ON keys(state);
 )sql";
 
 constexpr const char* kColumns =
-    "key_id, name, kind, identifier, entity, created, expires, storage, blob, object_id, token_label, "
+    "key_id, name, kind, identifier, entity, created, expires, storage, blob, object_id, "
+    "token_label, "
     "object_label, public_key, algorithm, length, check_value, parent";
 
 struct DbCloser {
@@ -78,8 +78,8 @@ void exec(sqlite3* db, const char* sql) {
 
 Stmt prepare(sqlite3* db, std::string_view sql) {
   sqlite3_stmt* s = nullptr;
-  if (sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &s, nullptr) !=
-      SQLITE_OK) {
+  if (sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT,
+                         &s, nullptr) != SQLITE_OK) {
     fail(db, "prepare");
   }
   return Stmt(s);
@@ -87,8 +87,9 @@ Stmt prepare(sqlite3* db, std::string_view sql) {
 
 Db open_db(const std::filesystem::path& path) {
   sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                           nullptr);
+  int rc =
+      sqlite3_open_v2(path.c_str(), &raw,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   Db db(raw);
   if (rc != SQLITE_OK) {
     throw Error(ErrorCode::internal, fmt::format("cannot open catalog {}: {}", path.string(),
@@ -128,7 +129,8 @@ std::optional<std::string> column_text(sqlite3_stmt* s, int i) {
 
 std::vector<std::uint8_t> column_blob(sqlite3_stmt* s, int i) {
   auto* p = static_cast<const std::uint8_t*>(sqlite3_column_blob(s, i));
-  return p ? std::vector<std::uint8_t>(p, p + sqlite3_column_bytes(s, i)) : std::vector<std::uint8_t>{};
+  return p ? std::vector<std::uint8_t>(p, p + sqlite3_column_bytes(s, i))
+           : std::vector<std::uint8_t>{};
 }
 
 KeyRecord read_record(sqlite3_stmt* s) {
@@ -175,7 +177,8 @@ class SqliteCatalog final : public Catalog {
     writer_db_ = open_db(path);
     sqlite3* db = writer_db_.get();
     sqlite3_stmt* raw = nullptr;
-    if (sqlite3_prepare_v2(db, "PRAGMA journal_mode = WAL", -1, &raw, nullptr) != SQLITE_OK) fail(db, "WAL");
+    if (sqlite3_prepare_v2(db, "PRAGMA journal_mode = WAL", -1, &raw, nullptr) != SQLITE_OK)
+      fail(db, "WAL");
     Stmt wal(raw);
     if (sqlite3_step(wal.get()) != SQLITE_ROW) fail(db, "WAL");
     auto mode = column_text(wal.get(), 0);
@@ -187,20 +190,24 @@ class SqliteCatalog final : public Catalog {
     const int found = sqlite3_column_int(version.get(), 0);
     version.reset();
     if (found > kSchemaVersion) {
-      throw Error(ErrorCode::internal, fmt::format("catalog {} has schema version {}, newer than this daemon's {}",
-                                                   path.string(), found, kSchemaVersion));
+      throw Error(ErrorCode::internal,
+                  fmt::format("catalog {} has schema version {}, newer than this daemon's {}",
+                              path.string(), found, kSchemaVersion));
     }
     exec(db, "BEGIN IMMEDIATE");
     exec(db, kSchema);
     exec(db, fmt::format("PRAGMA user_version = {}", kSchemaVersion).c_str());
     exec(db, "COMMIT");
 
-    insert_key_ = prepare(db, "INSERT INTO keys(state, name, kind, identifier, entity, created, expires, storage, "
-                              "blob, object_id, token_label, object_label, public_key, algorithm, length, "
-                              "check_value, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    insert_key_ = prepare(
+        db,
+        "INSERT INTO keys(state, name, kind, identifier, entity, created, expires, storage, "
+        "blob, object_id, token_label, object_label, public_key, algorithm, length, "
+        "check_value, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     insert_name_ = prepare(db, "INSERT INTO names(canonical, key_id) VALUES (?, ?)");
-    activate_ = prepare(db, "UPDATE keys SET state = 'active', public_key = coalesce(?, public_key) "
-                            "WHERE key_id = ?");
+    activate_ = prepare(db,
+                        "UPDATE keys SET state = 'active', public_key = coalesce(?, public_key) "
+                        "WHERE key_id = ?");
     remove_ = prepare(db, "DELETE FROM keys WHERE key_id = ?");
     writer_ = std::thread([this] { write_loop(); });
   }
@@ -215,7 +222,9 @@ class SqliteCatalog final : public Catalog {
   }
 
   KeyRecord insert(KeyRecord record) override { return insert_as(std::move(record), "active"); }
-  KeyRecord insert_pending(KeyRecord record) override { return insert_as(std::move(record), "pending"); }
+  KeyRecord insert_pending(KeyRecord record) override {
+    return insert_as(std::move(record), "pending");
+  }
 
   void activate(std::int64_t row, const std::vector<std::uint8_t>& public_key) override {
     write([&](sqlite3* db) {
@@ -260,14 +269,15 @@ class SqliteCatalog final : public Catalog {
   }
 
   std::vector<KeyRecord> list(std::optional<KeyKind> kind) override {
-    return select(fmt::format("SELECT {} FROM keys WHERE state = 'active'{} ORDER BY name", kColumns,
-                              kind ? " AND kind = ?" : ""),
+    return select(fmt::format("SELECT {} FROM keys WHERE state = 'active'{} ORDER BY name",
+                              kColumns, kind ? " AND kind = ?" : ""),
                   kind ? std::optional<std::string>(std::string(to_string(*kind))) : std::nullopt);
   }
 
   std::vector<KeyRecord> pending() override {
-    return select(fmt::format("SELECT {} FROM keys WHERE state = 'pending' ORDER BY key_id", kColumns),
-                  std::nullopt);
+    return select(
+        fmt::format("SELECT {} FROM keys WHERE state = 'pending' ORDER BY key_id", kColumns),
+        std::nullopt);
   }
 
   std::size_t count() override {
@@ -286,7 +296,8 @@ class SqliteCatalog final : public Catalog {
  private:
   KeyRecord insert_as(KeyRecord record, const char* state) {
     if (record.name.empty()) {
-      if (!record.identifier) throw Error(ErrorCode::invalid_argument, "a key needs a name or an identifier");
+      if (!record.identifier)
+        throw Error(ErrorCode::invalid_argument, "a key needs a name or an identifier");
       record.name = *record.identifier;
     }
     // Canonical forms are computed (and validated) before queueing.
@@ -326,7 +337,8 @@ class SqliteCatalog final : public Catalog {
         sqlite3_bind_int64(n, 2, record.row);
         int rc = sqlite3_step(n);
         if (rc == SQLITE_CONSTRAINT) {
-          throw Error(ErrorCode::conflict, fmt::format("key name or identifier '{}' already exists", given));
+          throw Error(ErrorCode::conflict,
+                      fmt::format("key name or identifier '{}' already exists", given));
         }
         if (rc != SQLITE_DONE) fail(db, "insert name");
       }
@@ -401,9 +413,10 @@ class SqliteCatalog final : public Catalog {
     auto r = std::make_unique<Reader>();
     r->db = open_db(path_);
     exec(r->db.get(), "PRAGMA query_only = ON");
-    r->find = prepare(r->db.get(), fmt::format("SELECT {} FROM keys WHERE state = 'active' AND key_id = "
-                                               "(SELECT key_id FROM names WHERE canonical = ?)",
-                                               kColumns));
+    r->find =
+        prepare(r->db.get(), fmt::format("SELECT {} FROM keys WHERE state = 'active' AND key_id = "
+                                         "(SELECT key_id FROM names WHERE canonical = ?)",
+                                         kColumns));
     r->count = prepare(r->db.get(), "SELECT count(*) FROM keys WHERE state = 'active'");
     return r;
   }

@@ -1,10 +1,10 @@
 #include "vault/config.h"
 
-#include <set>
-#include <string_view>
-
 #include <fmt/format.h>
 #include <toml++/toml.h>
+
+#include <set>
+#include <string_view>
 
 #include "api/client.h"
 #include "api/error.h"
@@ -12,7 +12,8 @@
 namespace m2mvault::vault {
 namespace {
 
-[[noreturn]] void bad(const std::filesystem::path& file, const toml::node& node, std::string_view what) {
+[[noreturn]] void bad(const std::filesystem::path& file, const toml::node& node,
+                      std::string_view what) {
   const auto& src = node.source();
   throw Error(ErrorCode::invalid_argument,
               fmt::format("{}:{}: {}", file.string(), src.begin.line, what));
@@ -29,7 +30,8 @@ void check_keys(const std::filesystem::path& file, const toml::table& table,
 }
 
 template <typename T>
-void read(const std::filesystem::path& file, const toml::table& table, std::string_view key, T& out) {
+void read(const std::filesystem::path& file, const toml::table& table, std::string_view key,
+          T& out) {
   const toml::node* node = table.get(key);
   if (!node) return;
   if constexpr (std::is_same_v<T, std::string> || std::is_same_v<T, std::filesystem::path>) {
@@ -62,8 +64,8 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
                 fmt::format("{}:{}: {}", file->string(), e.source().begin.line, e.description()));
   }
   check_keys(*file, root,
-             {"state_dir", "socket", "backend", "log_level", "log_file", "threads", "max_connections",
-              "frame_timeout_ms", "idle_timeout_ms", "pkcs11"},
+             {"state_dir", "socket", "backend", "log_level", "log_file", "threads",
+              "max_connections", "frame_timeout_ms", "idle_timeout_ms", "pkcs11"},
              "");
   read(*file, root, "state_dir", config.state_dir);
   read(*file, root, "socket", config.socket);
@@ -81,7 +83,8 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
   if (const toml::node* node = root.get("pkcs11")) {
     const toml::table* p = node->as_table();
     if (!p) bad(*file, *node, "'pkcs11' must be a table");
-    check_keys(*file, *p, {"module", "token_label", "pin_file", "sessions", "unwrap_cache"}, "pkcs11.");
+    check_keys(*file, *p, {"module", "token_label", "pin_file", "sessions", "unwrap_cache"},
+               "pkcs11.");
     read(*file, *p, "module", config.pkcs11.module);
     read(*file, *p, "token_label", config.pkcs11.token_label);
     read(*file, *p, "pin_file", config.pkcs11.pin_file);

@@ -62,11 +62,14 @@ hsm::SignatureScheme parse_scheme(std::string_view text) {
   if (text == "ecdsa") return hsm::SignatureScheme::ecdsa;
   if (text == "rsa-pkcs1") return hsm::SignatureScheme::rsa_pkcs1;
   if (text == "rsa-pss") return hsm::SignatureScheme::rsa_pss;
-  throw Error(ErrorCode::invalid_argument,
-              fmt::format("unknown signature scheme '{}' (expected ecdsa, rsa-pkcs1 or rsa-pss)", text));
+  throw Error(
+      ErrorCode::invalid_argument,
+      fmt::format("unknown signature scheme '{}' (expected ecdsa, rsa-pkcs1 or rsa-pss)", text));
 }
 
-json optional_json(const std::optional<std::string>& v) { return v ? json(*v) : json(nullptr); }
+json optional_json(const std::optional<std::string>& v) {
+  return v ? json(*v) : json(nullptr);
+}
 
 // The key named by a request, for the log line (never a value).
 std::string key_of(const api::Request& request) {
@@ -113,9 +116,10 @@ json Dispatcher::handle(const api::Principal& principal, const api::Request& req
   }
   auto decision = policy_.authorize({principal.uid, principal.gid, principal.groups}, *grant);
   if (!decision.allowed) {
-    spdlog::warn("denied op={} key={} uid={} pid={}: {}", request.op, key_of(request), principal.uid,
-                 principal.pid, decision.reason);
-    throw Error(ErrorCode::denied, fmt::format("operation '{}' denied: {}", request.op, decision.reason));
+    spdlog::warn("denied op={} key={} uid={} pid={}: {}", request.op, key_of(request),
+                 principal.uid, principal.pid, decision.reason);
+    throw Error(ErrorCode::denied,
+                fmt::format("operation '{}' denied: {}", request.op, decision.reason));
   }
   try {
     json result = dispatch(request);

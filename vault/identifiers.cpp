@@ -1,9 +1,9 @@
 #include "vault/identifiers.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cctype>
-
-#include <fmt/format.h>
 
 #include "api/encoding.h"
 #include "api/error.h"
@@ -14,7 +14,9 @@ namespace {
 constexpr std::size_t kMaxIdentifier = 255;
 constexpr std::size_t kMaxName = 255;
 
-bool is_alnum(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
+bool is_alnum(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) != 0;
+}
 
 std::string lower(std::string_view s) {
   std::string out(s);
@@ -24,7 +26,8 @@ std::string lower(std::string_view s) {
 }
 
 bool is_hex16(std::string_view s) {
-  return s.size() == 32 && std::all_of(s.begin(), s.end(), [](char c) { return encoding::hex_value(c) >= 0; });
+  return s.size() == 32 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return encoding::hex_value(c) >= 0; });
 }
 
 bool is_base64_16(std::string_view s) {
@@ -35,32 +38,42 @@ bool is_base64_16(std::string_view s) {
 
 std::string_view id_term(KeyKind kind) {
   switch (kind) {
-    case KeyKind::kpsa: return "KpsaID";
-    case KeyKind::kpm: return "KpmID";
-    case KeyKind::ke: return "KeId";
-    case KeyKind::km: return "KmID";
-    case KeyKind::kc: return "KcId";
-    case KeyKind::e2e: return "pairwiseE2EKeyID";
-    case KeyKind::signing: return "identifier";
+    case KeyKind::kpsa:
+      return "KpsaID";
+    case KeyKind::kpm:
+      return "KpmID";
+    case KeyKind::ke:
+      return "KeId";
+    case KeyKind::km:
+      return "KmID";
+    case KeyKind::kc:
+      return "KcId";
+    case KeyKind::e2e:
+      return "pairwiseE2EKeyID";
+    case KeyKind::signing:
+      return "identifier";
   }
   return "identifier";
 }
 
 [[noreturn]] void invalid(KeyKind kind, std::string_view text, std::string_view why) {
-  throw Error(ErrorCode::invalid_argument, fmt::format("invalid {} '{}': {}", id_term(kind), text, why));
+  throw Error(ErrorCode::invalid_argument,
+              fmt::format("invalid {} '{}': {}", id_term(kind), text, why));
 }
 
 // Relative parts of identifiers the vault takes from outside (KpsaID, KmID,
 // KpmID): letters, digits, '.', '_', '-' (TS-0003 10.5, 10.6).
 bool is_plain_relative(std::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) { return is_alnum(c) || c == '.' || c == '_' || c == '-'; });
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return is_alnum(c) || c == '.' || c == '_' || c == '-'; });
 }
 
 }  // namespace
 
 std::optional<Identifier> split_identifier(std::string_view text) {
   auto at = text.find('@');
-  if (at == std::string_view::npos || text.find('@', at + 1) != std::string_view::npos) return std::nullopt;
+  if (at == std::string_view::npos || text.find('@', at + 1) != std::string_view::npos)
+    return std::nullopt;
   if (at == 0 || at + 1 == text.size()) return std::nullopt;
   return Identifier{std::string(text.substr(0, at)), std::string(text.substr(at + 1))};
 }
@@ -70,10 +83,12 @@ bool is_valid_fqdn(std::string_view fqdn) {
   std::size_t start = 0;
   while (true) {
     auto dot = fqdn.find('.', start);
-    std::string_view label = fqdn.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
+    std::string_view label =
+        fqdn.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
     if (label.empty() || label.size() > 63) return false;
     if (label.front() == '-' || label.back() == '-') return false;
-    if (!std::all_of(label.begin(), label.end(), [](char c) { return is_alnum(c) || c == '-'; })) return false;
+    if (!std::all_of(label.begin(), label.end(), [](char c) { return is_alnum(c) || c == '-'; }))
+      return false;
     if (dot == std::string_view::npos) return true;
     start = dot + 1;
   }
@@ -115,7 +130,8 @@ std::string canonical_identifier(KeyKind kind, std::string_view text) {
         canonical_relative = relative;  // base64: case matters
       } else {
         invalid(kind, text,
-                "the relative part must encode 16 bytes as base64 (24 characters, padded) or as 32 hex digits");
+                "the relative part must encode 16 bytes as base64 (24 characters, padded) or as 32 "
+                "hex digits");
       }
       break;
     case KeyKind::signing:
@@ -131,12 +147,15 @@ std::string canonical_name(std::string_view name) {
                 fmt::format("key name '{}...' is longer than 255 characters", name.substr(0, 32)));
   }
   if (name.front() == '-') {
-    throw Error(ErrorCode::invalid_argument, fmt::format("key name '{}' must not start with '-'", name));
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("key name '{}' must not start with '-'", name));
   }
   for (char c : name) {
-    if (!(is_alnum(c) || c == '.' || c == '_' || c == '-' || c == '@' || c == '+' || c == '/' || c == '=')) {
-      throw Error(ErrorCode::invalid_argument,
-                  fmt::format("key name '{}' may hold only letters, digits and . _ - @ + / =", name));
+    if (!(is_alnum(c) || c == '.' || c == '_' || c == '-' || c == '@' || c == '+' || c == '/' ||
+          c == '=')) {
+      throw Error(
+          ErrorCode::invalid_argument,
+          fmt::format("key name '{}' may hold only letters, digits and . _ - @ + / =", name));
     }
   }
   auto parts = split_identifier(name);

@@ -1,8 +1,8 @@
 #include "vault/key_model.h"
 
-#include <array>
-
 #include <fmt/format.h>
+
+#include <array>
 
 #include "api/error.h"
 
@@ -32,15 +32,19 @@ KeyKind parse_key_kind(std::string_view text) {
   for (const auto& [k, name] : kKinds) {
     if (name == text) return k;
   }
-  throw Error(ErrorCode::invalid_argument,
-              fmt::format("unknown key kind '{}' (expected kpsa, kpm, ke, km, kc, e2e or signing)", text));
+  throw Error(
+      ErrorCode::invalid_argument,
+      fmt::format("unknown key kind '{}' (expected kpsa, kpm, ke, km, kc, e2e or signing)", text));
 }
 
 std::string_view to_string(Storage s) {
   switch (s) {
-    case Storage::wrapped: return "wrapped";
-    case Storage::token: return "token";
-    case Storage::adopted: return "adopted";
+    case Storage::wrapped:
+      return "wrapped";
+    case Storage::token:
+      return "token";
+    case Storage::adopted:
+      return "adopted";
   }
   return "unknown";
 }

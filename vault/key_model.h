@@ -20,7 +20,9 @@ constexpr bool is_psk_kind(KeyKind k) {
   return k == KeyKind::kpsa || k == KeyKind::kpm || k == KeyKind::km || k == KeyKind::kc ||
          k == KeyKind::e2e;
 }
-constexpr bool is_symmetric(KeyKind k) { return k != KeyKind::signing; }
+constexpr bool is_symmetric(KeyKind k) {
+  return k != KeyKind::signing;
+}
 
 enum class Storage { wrapped, token, adopted };
 std::string_view to_string(Storage s);
@@ -29,23 +31,23 @@ Storage parse_storage(std::string_view text);
 // One key as the catalog holds it. Nothing here is secret: `blob` is wrapped
 // under the token's KEK, `object_id` only names a token object.
 struct KeyRecord {
-  std::int64_t row = 0;                     // catalog primary key
-  std::string name;                         // as given (defaults to the identifier)
+  std::int64_t row = 0;  // catalog primary key
+  std::string name;      // as given (defaults to the identifier)
   KeyKind kind = KeyKind::kpsa;
-  std::optional<std::string> identifier;    // oneM2M identifier as given (KpsaID, KeId, ...)
-  std::optional<std::string> entity;        // bound AE-ID / CSE-ID
-  std::int64_t created = 0;                 // Unix seconds
-  std::optional<std::int64_t> expires;      // Unix seconds
+  std::optional<std::string> identifier;  // oneM2M identifier as given (KpsaID, KeId, ...)
+  std::optional<std::string> entity;      // bound AE-ID / CSE-ID
+  std::int64_t created = 0;               // Unix seconds
+  std::optional<std::int64_t> expires;    // Unix seconds
   Storage storage = Storage::wrapped;
-  std::vector<std::uint8_t> blob;           // Storage::wrapped
-  std::vector<std::uint8_t> object_id;      // Storage::token / adopted: CKA_ID
-  std::string token_label;                  // Storage::adopted
-  std::string object_label;                 // Storage::adopted, when adopted by label
-  std::vector<std::uint8_t> public_key;     // signing keys: DER SubjectPublicKeyInfo
-  std::string algorithm;                    // signing keys: "ec-p256" | "rsa-2048"
-  std::size_t length = 0;                   // symmetric keys: length in bytes
-  std::optional<std::string> check_value;   // symmetric keys: 16 lowercase hex digits
-  std::optional<std::string> parent;        // name of the key it was derived from
+  std::vector<std::uint8_t> blob;          // Storage::wrapped
+  std::vector<std::uint8_t> object_id;     // Storage::token / adopted: CKA_ID
+  std::string token_label;                 // Storage::adopted
+  std::string object_label;                // Storage::adopted, when adopted by label
+  std::vector<std::uint8_t> public_key;    // signing keys: DER SubjectPublicKeyInfo
+  std::string algorithm;                   // signing keys: "ec-p256" | "rsa-2048"
+  std::size_t length = 0;                  // symmetric keys: length in bytes
+  std::optional<std::string> check_value;  // symmetric keys: 16 lowercase hex digits
+  std::optional<std::string> parent;       // name of the key it was derived from
 };
 
 }  // namespace m2mvault::vault

@@ -5,21 +5,20 @@
 // Start order: configuration, state directory (initialized on first start),
 // token, catalog, reconciliation, then the socket. Any failure before the
 // socket opens stops the daemon with one clear line and exit status 1.
+#include <fmt/format.h>
 #include <signal.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <memory>
 #include <optional>
 #include <thread>
-
-#include <CLI/CLI.hpp>
-#include <fmt/format.h>
-#include <spdlog/sinks/basic_file_sink.h>
-#include <spdlog/sinks/stdout_sinks.h>
-#include <spdlog/spdlog.h>
 
 #include "api/error.h"
 #include "api/server.h"
@@ -51,8 +50,9 @@ void setup_logging(const vault::Config& config) {
   auto logger = std::make_shared<spdlog::logger>("m2mvaultd", sinks.begin(), sinks.end());
   auto level = spdlog::level::from_str(config.log_level);
   if (level == spdlog::level::off && config.log_level != "off") {
-    throw Error(ErrorCode::invalid_argument,
-                fmt::format("unknown log level '{}' (trace, debug, info, warn, error)", config.log_level));
+    throw Error(
+        ErrorCode::invalid_argument,
+        fmt::format("unknown log level '{}' (trace, debug, info, warn, error)", config.log_level));
   }
   logger->set_level(level);
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %l %v");
@@ -77,8 +77,8 @@ int run(int argc, char** argv) {
     return code == 0 ? 0 : 2;
   }
 
-  vault::Config config =
-      vault::load_config(config_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(config_file));
+  vault::Config config = vault::load_config(
+      config_file.empty() ? std::nullopt : std::optional<std::filesystem::path>(config_file));
   if (!state_dir.empty()) config.state_dir = state_dir;
   if (!socket.empty()) config.socket = socket;
   if (!log_level.empty()) config.log_level = log_level;
@@ -97,7 +97,8 @@ int run(int argc, char** argv) {
 
   vault::StateDir state(config);
   if (state.initialized_now()) {
-    spdlog::info("created a SoftHSM2 token and its key-encryption key in {}", state.path().string());
+    spdlog::info("created a SoftHSM2 token and its key-encryption key in {}",
+                 state.path().string());
     if (config.embedded()) {
       spdlog::warn("the token's SO PIN is in {}: move it offline",
                    (state.path() / hsm::pkcs11::EmbeddedLayout::so_pin).string());
@@ -113,9 +114,10 @@ int run(int argc, char** argv) {
   vault::Vault vault(*catalog, *se);
   auto report = vault.reconcile();
   if (report.completed + report.dropped + report.destroyed > 0) {
-    spdlog::warn("reconciled catalog and token after an interrupted run: {} completed, {} dropped, "
-                 "{} orphan objects destroyed",
-                 report.completed, report.dropped, report.destroyed);
+    spdlog::warn(
+        "reconciled catalog and token after an interrupted run: {} completed, {} dropped, "
+        "{} orphan objects destroyed",
+        report.completed, report.dropped, report.destroyed);
   }
 
   policies::Policy policy(::geteuid());
@@ -143,7 +145,8 @@ int run(int argc, char** argv) {
 
   auto info = se->info();
   spdlog::info("m2mvaultd ready: socket {} backend {} token '{}' ({}), {} keys",
-               config.socket.string(), info.backend, info.token_label, info.token_model, vault.count());
+               config.socket.string(), info.backend, info.token_label, info.token_model,
+               vault.count());
   auto stop_signal_thread = [&] {
     pthread_kill(signal_thread.native_handle(), SIGTERM);
     signal_thread.join();

@@ -1,11 +1,10 @@
 #include "vault/normalize.h"
 
+#include <fmt/format.h>
 #include <utf8proc.h>
 
 #include <cstdlib>
 #include <memory>
-
-#include <fmt/format.h>
 
 #include "api/error.h"
 
@@ -30,9 +29,9 @@ std::string nfkc(std::string_view text, std::string_view what) {
     offset += n;
   }
   utf8proc_uint8_t* out = nullptr;
-  utf8proc_ssize_t n = utf8proc_map(p, size, &out,
-                                    static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE |
-                                                                   UTF8PROC_COMPAT));
+  utf8proc_ssize_t n = utf8proc_map(
+      p, size, &out,
+      static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT));
   std::unique_ptr<utf8proc_uint8_t, decltype(&std::free)> owned(out, &std::free);
   if (n < 0) {
     throw Error(ErrorCode::invalid_argument,

@@ -1,6 +1,8 @@
 #include "vault/state_dir.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -8,9 +10,6 @@
 #include <cerrno>
 #include <cstring>
 #include <system_error>
-
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "api/error.h"
 #include "vault/catalog.h"
@@ -30,7 +29,8 @@ void fsync_path(const fs::path& p) {
 void write_file_synced(const fs::path& p, std::string_view content) {
   int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) {
-    throw Error(ErrorCode::internal, fmt::format("cannot create {}: {}", p.string(), std::strerror(errno)));
+    throw Error(ErrorCode::internal,
+                fmt::format("cannot create {}: {}", p.string(), std::strerror(errno)));
   }
   bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
   ok = ok && ::fsync(fd) == 0;

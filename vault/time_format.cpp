@@ -1,8 +1,8 @@
 #include "vault/time_format.h"
 
-#include <ctime>
-
 #include <fmt/format.h>
+
+#include <ctime>
 
 #include "api/error.h"
 
@@ -11,7 +11,8 @@ namespace {
 
 [[noreturn]] void bad_time(std::string_view text, std::string_view why) {
   throw Error(ErrorCode::invalid_argument,
-              fmt::format("invalid RFC 3339 time '{}': {} (expected e.g. 2027-01-31T12:00:00Z)", text, why));
+              fmt::format("invalid RFC 3339 time '{}': {} (expected e.g. 2027-01-31T12:00:00Z)",
+                          text, why));
 }
 
 // Reads exactly `digits` decimal digits at `pos`.
@@ -33,7 +34,9 @@ void expect(std::string_view text, std::size_t& pos, std::string_view allowed) {
   ++pos;
 }
 
-bool leap(int y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
+bool leap(int y) {
+  return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
 
 }  // namespace
 
@@ -92,8 +95,8 @@ std::string format_rfc3339(std::int64_t unix_seconds) {
   std::time_t t = static_cast<std::time_t>(unix_seconds);
   std::tm tm{};
   ::gmtime_r(&t, &tm);
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                     tm.tm_hour, tm.tm_min, tm.tm_sec);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
 }  // namespace m2mvault::vault

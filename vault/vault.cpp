@@ -1,12 +1,11 @@
 #include "vault/vault.h"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <set>
 #include <string_view>
-
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "api/encoding.h"
 #include "api/error.h"
@@ -19,11 +18,16 @@ constexpr std::size_t kMaxSecretBytes = 1024;
 
 ErrorCode code_of(hsm::Failure failure) {
   switch (failure) {
-    case hsm::Failure::invalid_argument: return ErrorCode::invalid_argument;
-    case hsm::Failure::not_found: return ErrorCode::not_found;
-    case hsm::Failure::unsupported: return ErrorCode::unsupported;
-    case hsm::Failure::unavailable: return ErrorCode::backend_unavailable;
-    case hsm::Failure::internal: return ErrorCode::internal;
+    case hsm::Failure::invalid_argument:
+      return ErrorCode::invalid_argument;
+    case hsm::Failure::not_found:
+      return ErrorCode::not_found;
+    case hsm::Failure::unsupported:
+      return ErrorCode::unsupported;
+    case hsm::Failure::unavailable:
+      return ErrorCode::backend_unavailable;
+    case hsm::Failure::internal:
+      return ErrorCode::internal;
   }
   return ErrorCode::internal;
 }
@@ -85,9 +89,11 @@ std::string Vault::check_value_of(const hsm::SecretRef& ref) {
 ReconcileReport Vault::reconcile() {
   ReconcileReport report;
   for (const auto& row : catalog_.pending()) {
-    if (row.storage == Storage::token && in_token([&] { return se_.token_object_exists(row.object_id); })) {
+    if (row.storage == Storage::token &&
+        in_token([&] { return se_.token_object_exists(row.object_id); })) {
       std::vector<std::uint8_t> spki;
-      if (row.kind == KeyKind::signing) spki = in_token([&] { return se_.public_key(token_ref(row)); });
+      if (row.kind == KeyKind::signing)
+        spki = in_token([&] { return se_.public_key(token_ref(row)); });
       catalog_.activate(row.row, spki);
       ++report.completed;
     } else {
@@ -165,7 +171,8 @@ KeyRecord Vault::import_key(const ImportSpec& spec, std::span<const std::uint8_t
 KeyRecord Vault::generate_signing_key(const GenerateSpec& spec) {
   const std::int64_t now = clock_();
   if (spec.expires && *spec.expires <= now) {
-    throw Error(ErrorCode::invalid_argument, fmt::format("expiry of '{}' is in the past", spec.name));
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("expiry of '{}' is in the past", spec.name));
   }
   KeyRecord record;
   record.kind = KeyKind::signing;
@@ -217,7 +224,9 @@ KeyRecord Vault::adopt_signing_key(const AdoptSpec& spec) {
   return catalog_.insert(std::move(record));
 }
 
-std::vector<KeyRecord> Vault::list(std::optional<KeyKind> kind) { return catalog_.list(kind); }
+std::vector<KeyRecord> Vault::list(std::optional<KeyKind> kind) {
+  return catalog_.list(kind);
+}
 
 KeyRecord Vault::find_or_throw(std::string_view key) {
   if (key.empty()) throw Error(ErrorCode::invalid_argument, "no key name or identifier given");
@@ -234,7 +243,9 @@ KeyRecord Vault::usable_or_throw(std::string_view key) {
   return record;
 }
 
-KeyRecord Vault::show(std::string_view key) { return find_or_throw(key); }
+KeyRecord Vault::show(std::string_view key) {
+  return find_or_throw(key);
+}
 
 std::string Vault::public_key_pem(std::string_view key) {
   KeyRecord record = find_or_throw(key);
@@ -261,9 +272,8 @@ std::vector<std::uint8_t> Vault::sign(std::string_view key, hsm::SignatureScheme
                                       std::span<const std::uint8_t> digest) {
   KeyRecord record = usable_or_throw(key);
   if (record.kind != KeyKind::signing) {
-    throw Error(ErrorCode::invalid_argument,
-                fmt::format("key '{}' is a {} key, not a signing key", record.name,
-                            to_string(record.kind)));
+    throw Error(ErrorCode::invalid_argument, fmt::format("key '{}' is a {} key, not a signing key",
+                                                         record.name, to_string(record.kind)));
   }
   const bool is_ec = record.algorithm == "ec-p256";
   if (is_ec != (scheme == hsm::SignatureScheme::ecdsa)) {
@@ -272,9 +282,9 @@ std::vector<std::uint8_t> Vault::sign(std::string_view key, hsm::SignatureScheme
                             record.algorithm));
   }
   if (digest.size() != 32 && digest.size() != 48 && digest.size() != 64) {
-    throw Error(ErrorCode::invalid_argument,
-                fmt::format("digest must be 32, 48 or 64 bytes (SHA-256/384/512), got {}",
-                            digest.size()));
+    throw Error(
+        ErrorCode::invalid_argument,
+        fmt::format("digest must be 32, 48 or 64 bytes (SHA-256/384/512), got {}", digest.size()));
   }
   return in_token([&] { return se_.sign_digest(token_ref(record), scheme, digest); });
 }
@@ -287,14 +297,17 @@ KeyRecord Vault::remove(std::string_view key) {
       in_token([&] { se_.destroy_token_object(record.object_id); });
     } catch (const Error& e) {
       // The row is gone; the orphan object is destroyed at the next start.
-      spdlog::warn("key '{}' deleted from the catalog; its token object will be removed at the "
-                   "next start ({})",
-                   record.name, e.what());
+      spdlog::warn(
+          "key '{}' deleted from the catalog; its token object will be removed at the "
+          "next start ({})",
+          record.name, e.what());
     }
   }
   return record;
 }
 
-std::size_t Vault::count() { return catalog_.count(); }
+std::size_t Vault::count() {
+  return catalog_.count();
+}
 
 }  // namespace m2mvault::vault

@@ -20,10 +20,10 @@ inline constexpr const char* kAuditKeyLabel = "m2mvault-audit";
 struct Config {
   std::filesystem::path module = kDefaultSoftHsmModule;
   std::string token_label = kDefaultTokenLabel;
-  std::filesystem::path pin_file;               // user PIN, first line
-  std::filesystem::path softhsm2_conf;          // if set, exported as SOFTHSM2_CONF before loading
-  std::size_t sessions = 8;                     // session pool size
-  std::size_t unwrap_cache = 4096;              // unwrapped session objects kept
+  std::filesystem::path pin_file;       // user PIN, first line
+  std::filesystem::path softhsm2_conf;  // if set, exported as SOFTHSM2_CONF before loading
+  std::size_t sessions = 8;             // session pool size
+  std::size_t unwrap_cache = 4096;      // unwrapped session objects kept
 };
 
 // Opens the token and checks its KEK exists. Throws Error(unavailable) with a

@@ -23,7 +23,10 @@ class TestHandler : public RequestHandler {
   json handle(const Principal& principal, const Request& request) override {
     if (request.op == "echo") return request.params;
     if (request.op == "whoami") {
-      return {{"uid", principal.uid}, {"gid", principal.gid}, {"pid", principal.pid}, {"groups", principal.groups}};
+      return {{"uid", principal.uid},
+              {"gid", principal.gid},
+              {"pid", principal.pid},
+              {"groups", principal.groups}};
     }
     if (request.op == "fail") throw Error(ErrorCode::not_found, "no key named 'x'");
     if (request.op == "boom") throw std::runtime_error("secret-ish 1a2b3c4d5e6f7a8b");

@@ -11,10 +11,12 @@
 //   hmac      key.check: HMAC-SHA-256 inside the token through the API
 //   sign      ECDSA P-256 signature inside the token through the API
 //   import    Kpsa creations (wrap + durable catalog insert)
+#include <fmt/format.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -25,9 +27,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <fmt/format.h>
 
 #include "api/client.h"
 #include "api/encoding.h"
@@ -49,7 +48,9 @@ struct Result {
 
 Result summarize(std::string name, int clients, std::vector<double> lat_us, double seconds) {
   std::sort(lat_us.begin(), lat_us.end());
-  auto pct = [&](double p) { return lat_us.empty() ? 0.0 : lat_us[static_cast<std::size_t>(p * (lat_us.size() - 1))]; };
+  auto pct = [&](double p) {
+    return lat_us.empty() ? 0.0 : lat_us[static_cast<std::size_t>(p * (lat_us.size() - 1))];
+  };
   return {std::move(name), clients, pct(0.50), pct(0.99), lat_us.size() / seconds, lat_us.size()};
 }
 
@@ -79,7 +80,8 @@ bool read_all(int fd, void* data, std::size_t n) {
 // bounced between two processes over a Unix stream socket.
 Result raw_floor(double seconds) {
   const std::string request = m2mvault::api::encode_frame({{"v", 1}, {"id", 1}, {"op", "ping"}});
-  const std::string response = m2mvault::api::encode_frame({{"v", 1}, {"id", 1}, {"result", nlohmann::json::object()}});
+  const std::string response =
+      m2mvault::api::encode_frame({{"v", 1}, {"id", 1}, {"result", nlohmann::json::object()}});
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) throw std::runtime_error("socketpair");
   pid_t child = ::fork();
@@ -132,9 +134,10 @@ Result run_clients(const std::string& name, const std::string& socket, int clien
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   auto start = Clock::now();
-  deadline = (start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds)))
-                 .time_since_epoch()
-                 .count();
+  deadline =
+      (start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds)))
+          .time_since_epoch()
+          .count();
   go = true;
   for (auto& t : threads) t.join();
   double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
@@ -162,7 +165,8 @@ int main(int argc, char** argv) {
   std::vector<std::uint8_t> kpsa(32);
   for (std::size_t i = 0; i < kpsa.size(); ++i) kpsa[i] = static_cast<std::uint8_t>(i * 7 + 1);
   const std::string run_tag = std::to_string(::getpid());
-  setup.call("key.import", {{"kind", "kpsa"}, {"id", "bench-" + run_tag + "@bench.example.com"},
+  setup.call("key.import", {{"kind", "kpsa"},
+                            {"id", "bench-" + run_tag + "@bench.example.com"},
                             {"value", m2mvault::encoding::base64_encode(kpsa)}});
   setup.call("key.generate", {{"kind", "signing"}, {"name", "bench-sign-" + run_tag}});
   const std::string digest = m2mvault::encoding::base64_encode(std::vector<std::uint8_t>(32, 0x5a));
@@ -170,38 +174,42 @@ int main(int argc, char** argv) {
   for (int clients : client_counts) {
     results.push_back(run_clients("API round trip (ping)", socket, clients, seconds,
                                   [](Client& c, int, std::uint64_t) { c.call("ping"); }));
-    results.push_back(run_clients("HMAC in token (key.check)", socket, clients, seconds,
-                                  [&](Client& c, int, std::uint64_t) {
-                                    c.call("key.check", {{"key", "bench-" + run_tag + "@bench.example.com"}});
-                                  }));
-    results.push_back(run_clients("ECDSA P-256 sign", socket, clients, seconds,
-                                  [&](Client& c, int, std::uint64_t) {
-                                    c.call("sign", {{"key", "bench-sign-" + run_tag}, {"digest", digest}});
-                                  }));
     results.push_back(run_clients(
-        "Kpsa creation (key.import)", socket, clients, seconds,
-        [&](Client& c, int client, std::uint64_t i) {
-          c.call("key.import",
-                 {{"kind", "kpsa"},
-                  {"id", fmt::format("b{}-{}-{}-{}@bench.example.com", run_tag, clients, client, i)},
-                  {"value", m2mvault::encoding::base64_encode(kpsa)}});
+        "HMAC in token (key.check)", socket, clients, seconds, [&](Client& c, int, std::uint64_t) {
+          c.call("key.check", {{"key", "bench-" + run_tag + "@bench.example.com"}});
         }));
+    results.push_back(run_clients(
+        "ECDSA P-256 sign", socket, clients, seconds, [&](Client& c, int, std::uint64_t) {
+          c.call("sign", {{"key", "bench-sign-" + run_tag}, {"digest", digest}});
+        }));
+    results.push_back(run_clients("Kpsa creation (key.import)", socket, clients, seconds,
+                                  [&](Client& c, int client, std::uint64_t i) {
+                                    c.call("key.import",
+                                           {{"kind", "kpsa"},
+                                            {"id", fmt::format("b{}-{}-{}-{}@bench.example.com",
+                                                               run_tag, clients, client, i)},
+                                            {"value", m2mvault::encoding::base64_encode(kpsa)}});
+                                  }));
   }
-  results.push_back(run_clients("signing key generation (token object)", socket, 1, seconds,
-                                [&](Client& c, int, std::uint64_t i) {
-                                  c.call("key.generate", {{"kind", "signing"},
-                                                          {"name", fmt::format("g{}-{}", run_tag, i)}});
-                                }, 200));
+  results.push_back(run_clients(
+      "signing key generation (token object)", socket, 1, seconds,
+      [&](Client& c, int, std::uint64_t i) {
+        c.call("key.generate", {{"kind", "signing"}, {"name", fmt::format("g{}-{}", run_tag, i)}});
+      },
+      200));
 
-  fmt::print("| measurement | clients | p50 (µs) | p99 (µs) | ops/s | ops |\n|---|---:|---:|---:|---:|---:|\n");
+  fmt::print(
+      "| measurement | clients | p50 (µs) | p99 (µs) | ops/s | ops "
+      "|\n|---|---:|---:|---:|---:|---:|\n");
   for (const auto& r : results) {
-    fmt::print("| {} | {} | {:.1f} | {:.1f} | {:.0f} | {} |\n", r.name, r.clients, r.p50_us, r.p99_us,
-               r.ops_per_s, r.ops);
+    fmt::print("| {} | {} | {:.1f} | {:.1f} | {:.0f} | {} |\n", r.name, r.clients, r.p50_us,
+               r.p99_us, r.ops_per_s, r.ops);
   }
   const double floor = results[0].p50_us;
   for (const auto& r : results) {
     if (r.name.starts_with("API round trip") && r.clients == 1) {
-      fmt::print("\nAPI round trip p50 / raw floor p50 = {:.2f} (target <= 1.5)\n", r.p50_us / floor);
+      fmt::print("\nAPI round trip p50 / raw floor p50 = {:.2f} (target <= 1.5)\n",
+                 r.p50_us / floor);
     }
   }
   return 0;

@@ -35,9 +35,9 @@ TEST_F(ConfigFile, DefaultsNeedNoFile) {
 }
 
 TEST_F(ConfigFile, ReadsAnExternalToken) {
-  Config c = load_config(write(
-      "socket = \"/tmp/x.sock\"\nthreads = 4\n[pkcs11]\nmodule = \"/usr/lib/hsm.so\"\n"
-      "token_label = \"gw\"\npin_file = \"/etc/pin\"\n"));
+  Config c = load_config(
+      write("socket = \"/tmp/x.sock\"\nthreads = 4\n[pkcs11]\nmodule = \"/usr/lib/hsm.so\"\n"
+            "token_label = \"gw\"\npin_file = \"/etc/pin\"\n"));
   EXPECT_FALSE(c.embedded());
   EXPECT_EQ(c.socket, "/tmp/x.sock");
   EXPECT_EQ(c.threads, 4u);

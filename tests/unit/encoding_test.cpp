@@ -14,8 +14,13 @@ std::span<const std::uint8_t> bytes(const std::string& s) {
 
 TEST(Base64, Rfc4648TestVectors) {
   const std::pair<std::string, std::string> vectors[] = {
-      {"", ""},         {"f", "Zg=="},         {"fo", "Zm8="},        {"foo", "Zm9v"},
-      {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"},
+      {"", ""},
+      {"f", "Zg=="},
+      {"fo", "Zm8="},
+      {"foo", "Zm9v"},
+      {"foob", "Zm9vYg=="},
+      {"fooba", "Zm9vYmE="},
+      {"foobar", "Zm9vYmFy"},
   };
   for (const auto& [plain, encoded] : vectors) {
     EXPECT_EQ(base64_encode(bytes(plain)), encoded);
@@ -33,7 +38,8 @@ TEST(Base64, TheSixteenBytesOfTr0038A4) {
 }
 
 TEST(Base64, RejectsNonCanonicalInput) {
-  for (const char* bad : {"Zg", "Zg=", "Z===", "Zh==", "Zm9=", "Zm 9v", "Zm9v\n", "=Zm9", "Zg==Zm9v", "Zm-v"}) {
+  for (const char* bad :
+       {"Zg", "Zg=", "Z===", "Zh==", "Zm9=", "Zm 9v", "Zm9v\n", "=Zm9", "Zg==Zm9v", "Zm-v"}) {
     EXPECT_FALSE(base64_decode(bad)) << bad;
   }
 }

@@ -136,7 +136,8 @@ TEST_F(CatalogTest, ConcurrentInsertsAreCommittedInGroups) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kEach; ++i) {
         try {
-          catalog->insert(kpsa("t" + std::to_string(t) + "-" + std::to_string(i) + "@in.provider.com"));
+          catalog->insert(
+              kpsa("t" + std::to_string(t) + "-" + std::to_string(i) + "@in.provider.com"));
         } catch (...) {
           ++failures;
         }
@@ -196,7 +197,8 @@ TEST_F(CatalogTest, EveryAcknowledgedInsertSurvivesSigkill) {
   ASSERT_GE(last, 0) << "seed " << seed;
   auto catalog = Catalog::open(path_);
   for (int k = 0; k <= last; ++k) {
-    ASSERT_TRUE(catalog->find("k" + std::to_string(k) + "@in.provider.com")) << "lost k" << k << ", seed " << seed;
+    ASSERT_TRUE(catalog->find("k" + std::to_string(k) + "@in.provider.com"))
+        << "lost k" << k << ", seed " << seed;
   }
 }
 
