@@ -22,7 +22,9 @@ constexpr std::array kOperations{
     OperationGrant{"key.import", Grant::key_create},
     OperationGrant{"key.generate", Grant::key_create},
     OperationGrant{"key.adopt", Grant::key_create},
+    OperationGrant{"key.set_id", Grant::key_create},
     OperationGrant{"key.delete", Grant::key_delete},
+    OperationGrant{"key.derive", Grant::derive},
     OperationGrant{"sign", Grant::sign},
 };
 

@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <iterator>
 #include <optional>
@@ -128,22 +129,33 @@ void emit_key(const Options& o, const json& key) {
   }
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"m2mvault - manage the keys of an m2mvault daemon"};
-  app.require_subcommand(1);
+// The command line: each verb's options live here and its callback sets
+// `action`, which main runs after parsing.
+struct Cli {
   Options o;
-  app.add_option("--socket", o.socket,
-                 "Daemon socket (default: $M2MVAULT_SOCKET, else /run/m2mvault/m2mvault.sock)");
-
   std::function<void()> action;
 
-  // status
-  auto* status = app.add_subcommand("status", "Show the daemon's backend, token and key count");
-  status->add_flag("--json", o.json_output, "Print JSON");
-  status->callback([&] {
-    action = [&] {
+  // key import / generate / adopt / list / show / public / delete / check / set-id
+  std::string kind, id, name, entity, expires, hex, in_file, alg = "ec-p256";
+  std::string token_label, object, key_ref, new_id;
+  // derive
+  std::string ke, subject;
+  int suid = -1;
+
+  void add_status(CLI::App& app);
+  void add_key_import(CLI::App& key);
+  void add_key_generate(CLI::App& key);
+  void add_key_adopt(CLI::App& key);
+  void add_key_queries(CLI::App& key);
+  void add_key_set_id(CLI::App& key);
+  void add_derive(CLI::App& app);
+};
+
+void Cli::add_status(CLI::App& app) {
+  auto* cmd = app.add_subcommand("status", "Show the daemon's backend, token and key count");
+  cmd->add_flag("--json", o.json_output, "Print JSON");
+  cmd->callback([this] {
+    action = [this] {
       json s = connect(o).call("status");
       if (o.json_output) {
         fmt::print("{}\n", s.dump(2));
@@ -157,200 +169,303 @@ int main(int argc, char** argv) {
           text_or_dash(s, "keys"), text_or_dash(s, "uptime_seconds"));
     };
   });
+}
 
-  auto* key = app.add_subcommand("key", "Manage keys");
-  key->require_subcommand(1);
-
-  // key import
-  struct {
-    std::string kind, id, name, entity, expires, hex, in;
-  } imp;
-  auto* import = key->add_subcommand(
+void Cli::add_key_import(CLI::App& key) {
+  auto* cmd = key.add_subcommand(
       "import",
       "Import a symmetric key (PSK kinds are wrapped under the token's KEK; a Ke becomes a "
       "non-extractable token object). Prefer --in over --hex: a command line is visible to "
       "other local users.");
-  import->add_option("--kind", imp.kind, "kpsa | kpm | ke | km | kc | e2e")->required();
-  import->add_option("--id", imp.id, "oneM2M identifier, e.g. AE123456789012-Lock@in.provider.com")
+  cmd->add_option("--kind", kind, "kpsa | kpm | ke | km | kc | e2e | usage")->required();
+  cmd->add_option("--id", id, "oneM2M identifier, e.g. AE123456789012-Lock@in.provider.com")
       ->required();
-  import->add_option("--name", imp.name, "Key name (default: the identifier)");
-  import->add_option("--entity", imp.entity, "Bound AE-ID or CSE-ID, e.g. Clock-AE1");
-  import->add_option("--expires", imp.expires, "Expiry, RFC 3339 (e.g. 2027-01-01T00:00:00Z)");
-  auto* hex_opt = import->add_option("--hex", imp.hex, "Key value as hex");
-  auto* in_opt = import->add_option("--in", imp.in, "File holding the raw key bytes ('-': stdin)");
+  cmd->add_option("--name", name, "Key name (default: the identifier)");
+  cmd->add_option("--entity", entity, "Bound AE-ID or CSE-ID, e.g. Clock-AE1");
+  cmd->add_option("--expires", expires, "Expiry, RFC 3339 (e.g. 2027-01-01T00:00:00Z)");
+  auto* hex_opt = cmd->add_option("--hex", hex, "Key value as hex");
+  auto* in_opt = cmd->add_option("--in", in_file, "File holding the raw key bytes ('-': stdin)");
   hex_opt->excludes(in_opt);
-  import->add_flag("--json", o.json_output, "Print JSON");
-  import->callback([&] {
-    if (imp.hex.empty() && imp.in.empty()) throw CLI::ValidationError("--hex or --in", "one is required");
-  action = [&] {
-    std::vector<std::uint8_t> value;
-    if (!imp.in.empty()) {
-      value = read_key_file(imp.in);
-    } else {
-      auto decoded = m2mvault::encoding::hex_decode(imp.hex);
-      wipe(imp.hex);
-      if (!decoded || decoded->empty()) {
-        throw Error(ErrorCode::invalid_argument,
-                    "--hex is not a non-empty, even-length hex string");
+  cmd->add_flag("--json", o.json_output, "Print JSON");
+  cmd->callback([this] {
+    if (hex.empty() && in_file.empty())
+      throw CLI::ValidationError("--hex or --in", "one is required");
+    action = [this] {
+      std::vector<std::uint8_t> value;
+      if (!in_file.empty()) {
+        value = read_key_file(in_file);
+      } else {
+        auto decoded = m2mvault::encoding::hex_decode(hex);
+        wipe(hex);
+        if (!decoded || decoded->empty()) {
+          throw Error(ErrorCode::invalid_argument,
+                      "--hex is not a non-empty, even-length hex string");
+        }
+        value = std::move(*decoded);
       }
-      value = std::move(*decoded);
-    }
-    json params = {{"kind", imp.kind}, {"id", imp.id}};
-    if (!imp.name.empty()) params["name"] = imp.name;
-    if (!imp.entity.empty()) params["entity"] = imp.entity;
-    if (!imp.expires.empty()) params["expires"] = imp.expires;
-    std::string encoded = m2mvault::encoding::base64_encode(value);
-    wipe(value);
-    params["value"] = encoded;
-    wipe(encoded);
-    auto client = connect(o);
-    json result;
-    try {
-      result = client.call("key.import", params);
-    } catch (...) {
-      wipe(params["value"].get_ref<std::string&>());
-      throw;
-    }
-    wipe(params["value"].get_ref<std::string&>());
-    emit_key(o, result);
-  };
-});
-
-// key generate
-struct {
-  std::string kind = "signing", name, alg = "ec-p256", entity, expires;
-} gen;
-auto* generate = key->add_subcommand("generate", "Generate a signing key pair inside the token");
-generate->add_option("--kind", gen.kind, "signing")->check(CLI::IsMember({"signing"}));
-generate->add_option("--name", gen.name, "Key name, e.g. mn-cse-123456")->required();
-generate->add_option("--alg", gen.alg, "ec-p256 (default) | rsa-2048")
-    ->check(CLI::IsMember({"ec-p256", "rsa-2048"}));
-generate->add_option("--entity", gen.entity, "CSE-ID or AE-ID the key belongs to");
-generate->add_option("--expires", gen.expires, "Expiry, RFC 3339");
-generate->add_flag("--json", o.json_output, "Print JSON");
-generate->callback([&] {
-  action = [&] {
-    json params = {{"kind", gen.kind}, {"name", gen.name}, {"alg", gen.alg}};
-    if (!gen.entity.empty()) params["entity"] = gen.entity;
-    if (!gen.expires.empty()) params["expires"] = gen.expires;
-    emit_key(o, connect(o).call("key.generate", params));
-  };
-});
-
-// key adopt
-struct {
-  std::string kind = "signing", name, token_label, object, entity;
-} adopt_args;
-auto* adopt = key->add_subcommand(
-    "adopt", "Reference a signing key that already lives in a token (never modified or deleted)");
-adopt->add_option("--kind", adopt_args.kind, "signing")->check(CLI::IsMember({"signing"}));
-adopt->add_option("--name", adopt_args.name, "Key name in the vault")->required();
-adopt->add_option("--token-label", adopt_args.token_label, "Label of the token holding the key")
-    ->required();
-adopt->add_option("--object", adopt_args.object, "Object label (CKA_LABEL) or hex CKA_ID")
-    ->required();
-adopt->add_option("--entity", adopt_args.entity, "CSE-ID or AE-ID the key belongs to");
-adopt->add_flag("--json", o.json_output, "Print JSON");
-adopt->callback([&] {
-  action = [&] {
-    json params = {{"kind", adopt_args.kind},
-                   {"name", adopt_args.name},
-                   {"token_label", adopt_args.token_label},
-                   {"object", adopt_args.object}};
-    if (!adopt_args.entity.empty()) params["entity"] = adopt_args.entity;
-    emit_key(o, connect(o).call("key.adopt", params));
-  };
-});
-
-// key list
-std::string list_kind;
-auto* list = key->add_subcommand("list", "List keys (never their values)");
-list->add_option("--kind", list_kind, "Only keys of this kind");
-list->add_flag("--json", o.json_output, "Print a JSON array");
-list->callback([&] {
-  action = [&] {
-    json params = json::object();
-    if (!list_kind.empty()) params["kind"] = list_kind;
-    json keys = connect(o).call("key.list", params).at("keys");
-    if (o.json_output) {
-      fmt::print("{}\n", keys.dump(2));
-    } else {
-      print_key_table(keys);
-    }
-  };
-});
-
-// key show / public / delete / check
-std::string key_ref;
-auto* show = key->add_subcommand("show", "Show one key's metadata");
-show->add_option("key", key_ref, "Key name or identifier")->required();
-show->add_flag("--json", o.json_output, "Print JSON");
-show->callback([&] {
-  action = [&] { emit_key(o, connect(o).call("key.show", {{"key", key_ref}})); };
-});
-
-auto* pub = key->add_subcommand("public", "Print a signing key's public key (PEM)");
-pub->add_option("key", key_ref, "Key name")->required();
-pub->callback([&] {
-  action = [&] {
-    fmt::print("{}",
-               connect(o).call("key.public", {{"key", key_ref}}).at("pem").get<std::string>());
-  };
-});
-
-auto* del = key->add_subcommand("delete", "Delete a key (adopted keys are only forgotten)");
-del->add_option("key", key_ref, "Key name or identifier")->required();
-del->add_flag("--json", o.json_output, "Print JSON");
-del->callback([&] {
-  action = [&] {
-    json deleted = connect(o).call("key.delete", {{"key", key_ref}});
-    if (o.json_output) {
-      fmt::print("{}\n", deleted.dump(2));
-    } else {
-      fmt::print("deleted {} key '{}'\n", text_or_dash(deleted, "kind"),
-                 text_or_dash(deleted, "name"));
-    }
-  };
-});
-
-auto* check = key->add_subcommand(
-    "check",
-    "Recompute a symmetric key's check value inside the token: the first 8 bytes of "
-    "HMAC-SHA-256(key, \"m2mvault key check value\") as hex");
-check->add_option("key", key_ref, "Key name or identifier")->required();
-check->add_flag("--json", o.json_output, "Print JSON");
-check->callback([&] {
-  action = [&] {
-    json c = connect(o).call("key.check", {{"key", key_ref}});
-    if (o.json_output) {
-      fmt::print("{}\n", c.dump(2));
-    } else {
-      fmt::print(
-          "{} {}\n", c.at("check_value").get<std::string>(),
-          c.at("matches").get<bool>() ? "matches the catalog" : "DOES NOT match the catalog");
-    }
-    if (!c.at("matches").get<bool>()) throw Error(ErrorCode::internal, "check value mismatch");
-  };
-});
-
-try {
-  app.parse(argc, argv);
-} catch (const CLI::ParseError& e) {
-  int code = app.exit(e);
-  return code == 0 ? 0 : kUsageExit;
+      json params = {{"kind", kind}, {"id", id}};
+      if (!name.empty()) params["name"] = name;
+      if (!entity.empty()) params["entity"] = entity;
+      if (!expires.empty()) params["expires"] = expires;
+      std::string encoded = m2mvault::encoding::base64_encode(value);
+      wipe(value);
+      params["value"] = std::move(encoded);
+      auto wipe_value = [&params] { wipe(params["value"].get_ref<std::string&>()); };
+      json result;
+      try {
+        result = connect(o).call("key.import", params);
+      } catch (...) {
+        wipe_value();
+        throw;
+      }
+      wipe_value();
+      emit_key(o, result);
+    };
+  });
 }
-try {
-  if (action) action();
-  return 0;
-} catch (const Error& e) {
-  std::fprintf(stderr, "m2mvault: %s: %s\n", std::string(m2mvault::to_string(e.code())).c_str(),
-               e.what());
-  return exit_status(e.code());
-} catch (const json::exception& e) {
-  std::fprintf(stderr, "m2mvault: internal: unexpected response from the daemon\n");
-  return exit_status(ErrorCode::internal);
-} catch (const std::exception& e) {
-  std::fprintf(stderr, "m2mvault: %s\n", e.what());
-  return 1;
+
+void Cli::add_key_generate(CLI::App& key) {
+  auto* cmd = key.add_subcommand("generate", "Generate a signing key pair inside the token");
+  cmd->add_option("--kind", kind, "signing")->check(CLI::IsMember({"signing"}));
+  cmd->add_option("--name", name, "Key name, e.g. mn-cse-123456")->required();
+  cmd->add_option("--alg", alg, "ec-p256 (default) | rsa-2048")
+      ->check(CLI::IsMember({"ec-p256", "rsa-2048"}));
+  cmd->add_option("--entity", entity, "CSE-ID or AE-ID the key belongs to");
+  cmd->add_option("--expires", expires, "Expiry, RFC 3339");
+  cmd->add_flag("--json", o.json_output, "Print JSON");
+  cmd->callback([this] {
+    action = [this] {
+      json params = {{"kind", "signing"}, {"name", name}, {"alg", alg}};
+      if (!entity.empty()) params["entity"] = entity;
+      if (!expires.empty()) params["expires"] = expires;
+      emit_key(o, connect(o).call("key.generate", params));
+    };
+  });
 }
+
+void Cli::add_key_adopt(CLI::App& key) {
+  auto* cmd = key.add_subcommand(
+      "adopt", "Reference a signing key that already lives in a token (never modified or deleted)");
+  cmd->add_option("--kind", kind, "signing")->check(CLI::IsMember({"signing"}));
+  cmd->add_option("--name", name, "Key name in the vault")->required();
+  cmd->add_option("--token-label", token_label, "Label of the token holding the key")->required();
+  cmd->add_option("--object", object, "Object label (CKA_LABEL) or hex CKA_ID")->required();
+  cmd->add_option("--entity", entity, "CSE-ID or AE-ID the key belongs to");
+  cmd->add_flag("--json", o.json_output, "Print JSON");
+  cmd->callback([this] {
+    action = [this] {
+      json params = {
+          {"kind", "signing"}, {"name", name}, {"token_label", token_label}, {"object", object}};
+      if (!entity.empty()) params["entity"] = entity;
+      emit_key(o, connect(o).call("key.adopt", params));
+    };
+  });
+}
+
+void Cli::add_key_queries(CLI::App& key) {
+  auto* list = key.add_subcommand("list", "List keys (never their values)");
+  list->add_option("--kind", kind, "Only keys of this kind");
+  list->add_flag("--json", o.json_output, "Print a JSON array");
+  list->callback([this] {
+    action = [this] {
+      json params = json::object();
+      if (!kind.empty()) params["kind"] = kind;
+      json keys = connect(o).call("key.list", params).at("keys");
+      if (o.json_output) {
+        fmt::print("{}\n", keys.dump(2));
+      } else {
+        print_key_table(keys);
+      }
+    };
+  });
+
+  auto* show = key.add_subcommand("show", "Show one key's metadata");
+  show->add_option("key", key_ref, "Key name or identifier")->required();
+  show->add_flag("--json", o.json_output, "Print JSON");
+  show->callback([this] {
+    action = [this] { emit_key(o, connect(o).call("key.show", {{"key", key_ref}})); };
+  });
+
+  auto* pub = key.add_subcommand("public", "Print a signing key's public key (PEM)");
+  pub->add_option("key", key_ref, "Key name")->required();
+  pub->callback([this] {
+    action = [this] {
+      fmt::print("{}",
+                 connect(o).call("key.public", {{"key", key_ref}}).at("pem").get<std::string>());
+    };
+  });
+
+  auto* del = key.add_subcommand("delete", "Delete a key (adopted keys are only forgotten)");
+  del->add_option("key", key_ref, "Key name or identifier")->required();
+  del->add_flag("--json", o.json_output, "Print JSON");
+  del->callback([this] {
+    action = [this] {
+      json deleted = connect(o).call("key.delete", {{"key", key_ref}});
+      if (o.json_output) {
+        fmt::print("{}\n", deleted.dump(2));
+      } else {
+        fmt::print("deleted {} key '{}'\n", text_or_dash(deleted, "kind"),
+                   text_or_dash(deleted, "name"));
+      }
+    };
+  });
+
+  auto* check =
+      key.add_subcommand("check",
+                         "Recompute a symmetric key's check value inside the token: the first 8 "
+                         "bytes of HMAC-SHA-256(key, \"m2mvault key check value\") as hex");
+  check->add_option("key", key_ref, "Key name or identifier")->required();
+  check->add_flag("--json", o.json_output, "Print JSON");
+  check->callback([this] {
+    action = [this] {
+      json c = connect(o).call("key.check", {{"key", key_ref}});
+      const bool matches = c.at("matches").get<bool>();
+      if (o.json_output) {
+        fmt::print("{}\n", c.dump(2));
+      } else {
+        fmt::print("{} {}\n", c.at("check_value").get<std::string>(),
+                   matches ? "matches the catalog" : "DOES NOT match the catalog");
+      }
+      if (!matches) throw Error(ErrorCode::internal, "check value mismatch");
+    };
+  });
+}
+
+void Cli::add_key_set_id(CLI::App& key) {
+  auto* cmd = key.add_subcommand(
+      "set-id",
+      "Replace a key's oneM2M identifier, e.g. with the KmID the MAF assigned (TS-0003 10.6)");
+  cmd->add_option("key", key_ref, "Key name or current identifier")->required();
+  cmd->add_option("--id", new_id, "The new identifier")->required();
+  cmd->add_flag("--json", o.json_output, "Print JSON");
+  cmd->callback([this] {
+    action = [this] {
+      emit_key(o, connect(o).call("key.set_id", {{"key", key_ref}, {"id", new_id}}));
+    };
+  });
+}
+
+void Cli::add_derive(CLI::App& app) {
+  auto* derive = app.add_subcommand(
+      "derive",
+      "Derive a key from an Enrolment Key inside the token (TS-0003 10.3). The derived value never "
+      "leaves the vault; the new key's identifier and check value are printed.");
+  derive->require_subcommand(1);
+  auto common = [this](CLI::App* cmd, const std::string& derivation, const char* subject_param) {
+    cmd->add_option("--ke", ke, "The Enrolment Key: its name or KeId")->required();
+    cmd->add_option("--name", name, "Name of the new key (default: its identifier)");
+    cmd->add_option("--expires", expires, "Expiry, RFC 3339 (never later than the Ke's)");
+    cmd->add_flag("--json", o.json_output, "Print the new key as JSON");
+    cmd->callback([this, derivation, subject_param] {
+      action = [this, derivation, subject_param] {
+        json params = {{"derivation", derivation}, {"ke", ke}, {subject_param, subject}};
+        if (derivation == "usage") params["suid"] = suid;
+        if (!id.empty()) params["id"] = id;
+        if (!name.empty()) params["name"] = name;
+        if (!entity.empty()) params["entity"] = entity;
+        if (!expires.empty()) params["expires"] = expires;
+        json k = connect(o).call("key.derive", params);
+        if (o.json_output) {
+          fmt::print("{}\n", k.dump(2));
+        } else {
+          fmt::print("id:          {}\ncheck_value: {}\n", text_or_dash(k, "id"),
+                     text_or_dash(k, "check_value"));
+        }
+      };
+    });
+  };
+
+  auto* km = derive->add_subcommand(
+      "km",
+      "Master Credential, 10.3.2: Km = HMAC-SHA-256(Ke, \"oneM2M Enrolment Key "
+      "to Master Credential derivation\" || MAF-ID)");
+  common(km, "km", "maf_id");
+  km->add_option("--maf-id", subject, "MAF-ID (UTF-8, NFKC-normalized before the HMAC)")
+      ->required();
+  km->add_option(
+      "--km-id", id,
+      "KmID assigned by the MAF (default: km-<check value>@<MAF-ID>, which needs an FQDN MAF-ID; "
+      "replace it later with 'key set-id')");
+
+  auto* kpsa =
+      derive->add_subcommand("kpsa",
+                             "Provisioned Secure Connection Key, 10.3.3: Kpsa = HMAC-SHA-256(Ke, "
+                             "\"oneM2M Enrolment Key to "
+                             "Provisioned Secure Connection Key derivation\" || Enrolee-B-ID)");
+  common(kpsa, "kpsa", "enrolee_b_id");
+  kpsa->add_option("--enrolee-b-id", subject,
+                   "Enrolee B's CSE-ID or AE-ID (UTF-8, NFKC-normalized)")
+      ->required();
+  kpsa->add_option("--kpsa-id", id, "KpsaID (default: kpsa-<check value>@<MEF-FQDN of the KeId>)");
+  kpsa->add_option("--entity", entity, "Bound AE-ID/CSE-ID (default: the Enrolee-B-ID)");
+
+  auto* usage = derive->add_subcommand("usage-key",
+                                       "Usage-constrained symmetric key, 10.3.7: HMAC-SHA-256(Ke, "
+                                       "\"oneM2M Enrolment Key to Usage-Constrained "
+                                       "Symmetric Key derivation\" || SUID || "
+                                       "Enrolment-Target-ID). TS-0003 does not fix how the SUID is "
+                                       "encoded: m2mvault enters it as ONE OCTET (SUID 21 is the "
+                                       "byte 0x15), so SUID and target cannot run "
+                                       "together as decimal digits would.");
+  common(usage, "usage", "target");
+  usage
+      ->add_option(
+          "--suid", suid,
+          "Security Usage Identifier (TS-0004), entered as one octet: 10-15 pre-provisioned (10 "
+          "MEF, "
+          "11 MAF, 12 security association, 13 ESPrim, 14 ESData encryption, 15 ESData signature), "
+          "21-25 remotely provisioned, 32-35 MAF-distributed, 40-45 certificates")
+      ->required()
+      ->check(CLI::Range(0, 255));
+  usage->add_option("--target", subject, "Enrolment-Target-ID, an FQDN (UTF-8, NFKC-normalized)")
+      ->required();
+  usage->add_option("--id", id, "Identifier (default: usage-<SUID>-<check value>@<target>)");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"m2mvault - manage the keys of an m2mvault daemon"};
+  app.require_subcommand(1);
+  Cli cli;
+  app.add_option("--socket", cli.o.socket,
+                 "Daemon socket (default: $M2MVAULT_SOCKET, else /run/m2mvault/m2mvault.sock)");
+  cli.add_status(app);
+  auto* key = app.add_subcommand("key", "Manage keys");
+  key->require_subcommand(1);
+  cli.add_key_import(*key);
+  cli.add_key_generate(*key);
+  cli.add_key_adopt(*key);
+  cli.add_key_queries(*key);
+  cli.add_key_set_id(*key);
+  cli.add_derive(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : kUsageExit;
+  }
+  try {
+    if (cli.action) cli.action();
+    return 0;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "m2mvault: %s: %s\n", std::string(m2mvault::to_string(e.code())).c_str(),
+                 e.what());
+    return exit_status(e.code());
+  } catch (const json::type_error& e) {
+    // nlohmann refuses to serialize invalid UTF-8 (type_error 316).
+    if (e.id == 316) {
+      std::fprintf(stderr, "m2mvault: invalid_argument: an argument is not valid UTF-8\n");
+      return exit_status(ErrorCode::invalid_argument);
+    }
+    std::fprintf(stderr, "m2mvault: internal: unexpected response from the daemon\n");
+    return exit_status(ErrorCode::internal);
+  } catch (const json::exception& e) {
+    std::fprintf(stderr, "m2mvault: internal: unexpected response from the daemon\n");
+    return exit_status(ErrorCode::internal);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "m2mvault: %s\n", e.what());
+    return 1;
+  }
 }

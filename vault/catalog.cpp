@@ -245,6 +245,43 @@ class SqliteCatalog final : public Catalog {
     });
   }
 
+  void set_identifier(std::int64_t row, KeyKind kind, const std::string& identifier) override {
+    const std::string canonical = canonical_identifier(kind, identifier);
+    write([&](sqlite3* db) {
+      Stmt current = prepare(db, "SELECT name, identifier FROM keys WHERE key_id = ?");
+      sqlite3_bind_int64(current.get(), 1, row);
+      if (sqlite3_step(current.get()) != SQLITE_ROW) {
+        throw Error(ErrorCode::not_found, "the key is gone");
+      }
+      const std::string name_canonical = canonical_name(column_text(current.get(), 0).value_or(""));
+      auto old = column_text(current.get(), 1);
+      current.reset();
+      if (old) {
+        const std::string old_canonical = canonical_identifier(kind, *old);
+        if (old_canonical != name_canonical) {
+          Stmt drop = prepare(db, "DELETE FROM names WHERE canonical = ? AND key_id = ?");
+          bind_text(drop.get(), 1, old_canonical);
+          sqlite3_bind_int64(drop.get(), 2, row);
+          if (sqlite3_step(drop.get()) != SQLITE_DONE) fail(db, "set identifier");
+        }
+      }
+      if (canonical != name_canonical) {
+        Stmt add = prepare(db, "INSERT INTO names(canonical, key_id) VALUES (?, ?)");
+        bind_text(add.get(), 1, canonical);
+        sqlite3_bind_int64(add.get(), 2, row);
+        int rc = sqlite3_step(add.get());
+        if (rc == SQLITE_CONSTRAINT) {
+          throw Error(ErrorCode::conflict, fmt::format("key name or identifier '{}' already exists", identifier));
+        }
+        if (rc != SQLITE_DONE) fail(db, "set identifier");
+      }
+      Stmt update = prepare(db, "UPDATE keys SET identifier = ? WHERE key_id = ?");
+      bind_text(update.get(), 1, identifier);
+      sqlite3_bind_int64(update.get(), 2, row);
+      if (sqlite3_step(update.get()) != SQLITE_DONE) fail(db, "set identifier");
+    });
+  }
+
   std::optional<KeyRecord> find(std::string_view name_or_identifier) override {
     std::string canonical;
     try {

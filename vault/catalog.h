@@ -38,6 +38,12 @@ class Catalog {
   virtual void activate(std::int64_t row, const std::vector<std::uint8_t>& public_key = {}) = 0;
   virtual void remove(std::int64_t row) = 0;
 
+  // Replaces a key's oneM2M identifier (e.g. with the KmID a MAF assigned
+  // later). The new identifier must be unused (Error(conflict)); the key's
+  // name is unchanged, and the old identifier stops finding it unless it is
+  // also the name.
+  virtual void set_identifier(std::int64_t row, KeyKind kind, const std::string& identifier) = 0;
+
   // Active key whose canonical name or canonical identifier equals the
   // canonical form of `name_or_identifier`.
   virtual std::optional<KeyRecord> find(std::string_view name_or_identifier) = 0;

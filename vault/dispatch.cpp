@@ -227,6 +227,44 @@ json Dispatcher::dispatch(const api::Request& request) {
 
   if (op == "key.delete") return key_to_json(vault_.remove(required_string(p, "key")));
 
+  if (op == "key.derive") {
+    DeriveSpec spec;
+    const std::string derivation = required_string(p, "derivation");
+    const char* subject_param = nullptr;
+    if (derivation == "km") {
+      spec.derivation = Derivation::master_credential;
+      subject_param = "maf_id";
+    } else if (derivation == "kpsa") {
+      spec.derivation = Derivation::provisioned_secure_connection_key;
+      subject_param = "enrolee_b_id";
+    } else if (derivation == "usage") {
+      spec.derivation = Derivation::usage_constrained_key;
+      subject_param = "target";
+      const json* suid = param(p, "suid");
+      if (!suid || !suid->is_number_integer()) {
+        throw Error(ErrorCode::invalid_argument, "parameter 'suid' (an integer) is required");
+      }
+      spec.suid = suid->get<int>();
+    } else {
+      throw Error(ErrorCode::invalid_argument,
+                  fmt::format("unknown derivation '{}' (expected km, kpsa or usage)", derivation));
+    }
+    spec.parent = required_string(p, "ke");
+    // An empty identity string is allowed: the HMAC input is then the label alone.
+    auto subject = optional_string(p, subject_param);
+    if (!subject) throw Error(ErrorCode::invalid_argument, fmt::format("parameter '{}' is required", subject_param));
+    spec.subject = *subject;
+    spec.identifier = optional_string(p, "id");
+    spec.name = optional_string(p, "name");
+    spec.entity = optional_string(p, "entity");
+    spec.expires = optional_time(p, "expires");
+    return key_to_json(vault_.derive(spec));
+  }
+
+  if (op == "key.set_id") {
+    return key_to_json(vault_.set_identifier(required_string(p, "key"), required_string(p, "id")));
+  }
+
   if (op == "sign") {
     auto key = required_string(p, "key");
     auto scheme = parse_scheme(optional_string(p, "scheme").value_or("ecdsa"));

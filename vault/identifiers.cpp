@@ -50,6 +50,8 @@ std::string_view id_term(KeyKind kind) {
       return "KcId";
     case KeyKind::e2e:
       return "pairwiseE2EKeyID";
+    case KeyKind::usage:
+      return "usage-constrained key identifier";
     case KeyKind::signing:
       return "identifier";
   }
@@ -114,6 +116,7 @@ std::string canonical_identifier(KeyKind kind, std::string_view text) {
     case KeyKind::kpsa:
     case KeyKind::kpm:
     case KeyKind::km:
+    case KeyKind::usage:
       if (!is_plain_relative(relative)) {
         invalid(kind, text, "the relative part may hold only letters, digits, '.', '_' and '-'");
       }
@@ -138,6 +141,10 @@ std::string canonical_identifier(KeyKind kind, std::string_view text) {
       break;
   }
   return canonical_relative + "@" + lower(fqdn);
+}
+
+std::string encode_relative_key_id(std::span<const std::uint8_t, 16> relative, IdFormat format) {
+  return format == IdFormat::hex ? encoding::hex_encode(relative) : encoding::base64_encode(relative);
 }
 
 std::string canonical_name(std::string_view name) {

@@ -8,7 +8,9 @@
 // exact, except hexBinary relative parts, which are lowercased.
 #pragma once
 
+#include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -33,6 +35,13 @@ std::optional<Identifier> split_identifier(std::string_view text);
 // True for a syntactically valid FQDN (labels of letters, digits, '-', not
 // starting or ending with '-', 1..63 chars each, 253 chars at most).
 bool is_valid_fqdn(std::string_view fqdn);
+
+// How encode() in KeId = encode(RelativeKeId)@MEF-FQDN and KcId (TS-0003
+// 10.3.4/10.3.5) writes the 16 bytes: base64 (RFC 4648, standard alphabet,
+// padded) as the seeds specify, or hexBinary as TS-0003 V3.x does. Chosen
+// per MEF/MAF FQDN in the configuration; base64 by default.
+enum class IdFormat { base64, hex };
+std::string encode_relative_key_id(std::span<const std::uint8_t, 16> relative, IdFormat format);
 
 // Validates a key name (1..255 chars of letters, digits and . _ - @ + / =,
 // not starting with '-') and returns its canonical form: a name that parses as

@@ -9,13 +9,14 @@
 namespace m2mvault::vault {
 namespace {
 
-constexpr std::array<std::pair<KeyKind, std::string_view>, 7> kKinds{{
+constexpr std::array<std::pair<KeyKind, std::string_view>, 8> kKinds{{
     {KeyKind::kpsa, "kpsa"},
     {KeyKind::kpm, "kpm"},
     {KeyKind::ke, "ke"},
     {KeyKind::km, "km"},
     {KeyKind::kc, "kc"},
     {KeyKind::e2e, "e2e"},
+    {KeyKind::usage, "usage"},
     {KeyKind::signing, "signing"},
 }};
 
@@ -34,7 +35,7 @@ KeyKind parse_key_kind(std::string_view text) {
   }
   throw Error(
       ErrorCode::invalid_argument,
-      fmt::format("unknown key kind '{}' (expected kpsa, kpm, ke, km, kc, e2e or signing)", text));
+      fmt::format("unknown key kind '{}' (expected kpsa, kpm, ke, km, kc, e2e, usage or signing)", text));
 }
 
 std::string_view to_string(Storage s) {

@@ -9,7 +9,8 @@
 
 namespace m2mvault::vault {
 
-enum class KeyKind { kpsa, kpm, ke, km, kc, e2e, signing };
+// `usage` is the usage-constrained symmetric key of TS-0003 10.3.7.
+enum class KeyKind { kpsa, kpm, ke, km, kc, e2e, usage, signing };
 
 std::string_view to_string(KeyKind kind);
 // Throws Error(invalid_argument) naming the text when it is not a kind.
@@ -18,7 +19,7 @@ KeyKind parse_key_kind(std::string_view text);
 // PSK kinds are wrapped at rest; Ke and signing keys are token objects.
 constexpr bool is_psk_kind(KeyKind k) {
   return k == KeyKind::kpsa || k == KeyKind::kpm || k == KeyKind::km || k == KeyKind::kc ||
-         k == KeyKind::e2e;
+         k == KeyKind::e2e || k == KeyKind::usage;
 }
 constexpr bool is_symmetric(KeyKind k) {
   return k != KeyKind::signing;

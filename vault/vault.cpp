@@ -10,6 +10,7 @@
 #include "api/encoding.h"
 #include "api/error.h"
 #include "vault/identifiers.h"
+#include "vault/normalize.h"
 
 namespace m2mvault::vault {
 namespace {
@@ -166,6 +167,125 @@ KeyRecord Vault::import_key(const ImportSpec& spec, std::span<const std::uint8_t
   }
   catalog_.activate(pending.row);
   return pending;
+}
+
+std::vector<std::uint8_t> derivation_input(const DeriveSpec& spec) {
+  std::string_view label;
+  std::string_view what;
+  switch (spec.derivation) {
+    case Derivation::master_credential:
+      label = kMasterCredentialLabel;
+      what = "MAF-ID";
+      break;
+    case Derivation::provisioned_secure_connection_key:
+      label = kProvisionedSecureConnectionKeyLabel;
+      what = "Enrolee-B-ID";
+      break;
+    case Derivation::usage_constrained_key:
+      label = kUsageConstrainedKeyLabel;
+      what = "Enrolment-Target-ID";
+      break;
+  }
+  const std::string subject = nfkc(spec.subject, what);
+  std::vector<std::uint8_t> data(label.begin(), label.end());
+  if (spec.derivation == Derivation::usage_constrained_key) {
+    // TS-0003 does not pin how the SUID is encoded; m2mvault uses one octet
+    // (the SUID values of TS-0004 are 10..45), so SUID and target cannot run
+    // into each other as decimal digits would ("2"||"1x.org" == "21"||"x.org").
+    if (spec.suid < 0 || spec.suid > 255) {
+      throw Error(ErrorCode::invalid_argument, fmt::format("SUID {} is out of range (0..255)", spec.suid));
+    }
+    data.push_back(static_cast<std::uint8_t>(spec.suid));
+  }
+  data.insert(data.end(), subject.begin(), subject.end());
+  return data;
+}
+
+KeyRecord Vault::derive(const DeriveSpec& spec) {
+  KeyRecord parent = usable_or_throw(spec.parent);
+  if (parent.kind != KeyKind::ke) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("key '{}' is a {} key; derivations take an Enrolment Key (ke)", parent.name,
+                            to_string(parent.kind)));
+  }
+  const std::vector<std::uint8_t> input = derivation_input(spec);
+  const std::int64_t now = clock_();
+  if (spec.expires && *spec.expires <= now) {
+    throw Error(ErrorCode::invalid_argument, "expiry of the derived key is in the past");
+  }
+  KeyRecord record;
+  switch (spec.derivation) {
+    case Derivation::master_credential: record.kind = KeyKind::km; break;
+    case Derivation::provisioned_secure_connection_key: record.kind = KeyKind::kpsa; break;
+    case Derivation::usage_constrained_key: record.kind = KeyKind::usage; break;
+  }
+  if (spec.identifier) canonical_identifier(record.kind, *spec.identifier);  // fail before token work
+  if (spec.name) canonical_name(*spec.name);
+  record.created = now;
+  record.expires = spec.expires;
+  if (parent.expires && (!record.expires || *record.expires > *parent.expires)) {
+    record.expires = parent.expires;  // TS-0003 10.7: never outlive the Ke
+  }
+  record.parent = parent.name;
+  record.storage = Storage::wrapped;
+  record.length = 32;
+  record.blob = in_token([&] { return se_.derive_wrapped_secret(secret_ref(parent), input); });
+  record.check_value = check_value_of(hsm::WrappedSecretRef{record.blob});
+  record.entity = spec.entity;
+  if (!record.entity && spec.derivation == Derivation::provisioned_secure_connection_key) {
+    record.entity = nfkc(spec.subject, "Enrolee-B-ID");  // the Kpsa authenticates Enrolee B
+  }
+  if (spec.identifier) {
+    record.identifier = *spec.identifier;
+  } else {
+    // Local identifier rules (docs/DERIVATIONS.md): the relative part names
+    // the key by its check value, which both ends of a derivation can compute.
+    std::string fqdn;
+    std::string prefix;
+    switch (spec.derivation) {
+      case Derivation::master_credential:
+        fqdn = nfkc(spec.subject, "MAF-ID");
+        prefix = "km-";
+        if (!is_valid_fqdn(fqdn)) {
+          throw Error(ErrorCode::invalid_argument,
+                      fmt::format("MAF-ID '{}' is not an FQDN, so no KmID can be formed from it: give one "
+                                  "(--km-id)",
+                                  spec.subject));
+        }
+        break;
+      case Derivation::provisioned_secure_connection_key:
+        fqdn = parent.identifier ? split_identifier(*parent.identifier).value_or(Identifier{}).fqdn : "";
+        prefix = "kpsa-";
+        break;
+      case Derivation::usage_constrained_key:
+        fqdn = nfkc(spec.subject, "Enrolment-Target-ID");
+        prefix = fmt::format("usage-{}-", spec.suid);
+        if (!is_valid_fqdn(fqdn)) {
+          throw Error(ErrorCode::invalid_argument,
+                      fmt::format("Enrolment-Target-ID '{}' is not an FQDN: give an identifier (--id)",
+                                  spec.subject));
+        }
+        break;
+    }
+    if (fqdn.empty()) {
+      throw Error(ErrorCode::invalid_argument,
+                  fmt::format("Enrolment Key '{}' has no KeId to take an FQDN from: give an identifier",
+                              parent.name));
+    }
+    record.identifier = prefix + *record.check_value + "@" + fqdn;
+  }
+  record.name = spec.name.value_or(*record.identifier);
+  return catalog_.insert(std::move(record));
+}
+
+KeyRecord Vault::set_identifier(std::string_view key, const std::string& identifier) {
+  KeyRecord record = find_or_throw(key);
+  if (record.kind == KeyKind::signing) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("key '{}' is a signing key and has no oneM2M identifier", record.name));
+  }
+  catalog_.set_identifier(record.row, record.kind, identifier);
+  return find_or_throw(record.name);
 }
 
 KeyRecord Vault::generate_signing_key(const GenerateSpec& spec) {

@@ -46,6 +46,36 @@ struct AdoptSpec {
   std::optional<std::string> entity;
 };
 
+// The TS-0003 10.3 derivations from an Enrolment Key.
+enum class Derivation {
+  master_credential,                  // Km, 10.3.2, from the MAF-ID
+  provisioned_secure_connection_key,  // Kpsa, 10.3.3, from the Enrolee-B-ID
+  usage_constrained_key,              // 10.3.7, from the SUID and Enrolment-Target-ID
+};
+
+// The labels HMAC-SHA-256(Ke, label || ...) starts with.
+inline constexpr std::string_view kMasterCredentialLabel =
+    "oneM2M Enrolment Key to Master Credential derivation";
+inline constexpr std::string_view kProvisionedSecureConnectionKeyLabel =
+    "oneM2M Enrolment Key to Provisioned Secure Connection Key derivation";
+inline constexpr std::string_view kUsageConstrainedKeyLabel =
+    "oneM2M Enrolment Key to Usage-Constrained Symmetric Key derivation";
+
+struct DeriveSpec {
+  Derivation derivation = Derivation::master_credential;
+  std::string parent;   // the Ke, by name or KeId
+  std::string subject;  // MAF-ID, Enrolee-B-ID or Enrolment-Target-ID (any Unicode; NFKC applied)
+  int suid = 0;         // usage-constrained key: the SUID, 0..255, entered as one octet
+  std::optional<std::string> identifier;  // KmID / KpsaID / key id; a local rule when absent
+  std::optional<std::string> name;
+  std::optional<std::string> entity;
+  std::optional<std::int64_t> expires;  // clamped to the parent's expiry (TS-0003 10.7)
+};
+
+// The message HMAC'd with the Ke for `spec` (label || encoded inputs).
+// Throws Error(invalid_argument) for invalid UTF-8 or an SUID out of range.
+std::vector<std::uint8_t> derivation_input(const DeriveSpec& spec);
+
 struct ReconcileReport {
   std::size_t completed = 0;  // pending rows whose object existed
   std::size_t dropped = 0;    // pending rows whose object did not
@@ -69,6 +99,14 @@ class Vault {
 
   // References a key pair that already lives in a token, in place.
   KeyRecord adopt_signing_key(const AdoptSpec& spec);
+
+  // Derives a Km, Kpsa or usage-constrained key from a Ke inside the token;
+  // the result is wrapped under the KEK and never crosses the API. The new
+  // key records its parent and never outlives it.
+  KeyRecord derive(const DeriveSpec& spec);
+
+  // Replaces a key's oneM2M identifier (e.g. the KmID a MAF assigned).
+  KeyRecord set_identifier(std::string_view key, const std::string& identifier);
 
   std::vector<KeyRecord> list(std::optional<KeyKind> kind);
   KeyRecord show(std::string_view key);
