@@ -5,7 +5,9 @@
 #include <openssl/crypto.h>
 
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <variant>
 
 #include "hsm/pkcs11/ck_util.h"
@@ -142,6 +144,10 @@ class Pkcs11Backend final : public SecureElement {
   void destroy_token_object(std::span<const std::uint8_t> object_id) override {
     check_object_id(object_id);
     signer_->forget(object_id);
+    {
+      std::lock_guard lock(handles_mutex_);
+      secret_handles_.erase(Bytes(object_id.begin(), object_id.end()));
+    }
     auto session = token_->sessions().borrow();
     for (CK_OBJECT_HANDLE object :
          find_vault_objects(fn(), session.handle(), object_id, CK_UNAVAILABLE_INFORMATION)) {
@@ -166,12 +172,20 @@ class Pkcs11Backend final : public SecureElement {
     if (!ref.token_label.empty() && ref.token_label != token_->label()) {
       throw Error(Failure::unsupported, "HMAC keys are only used from the vault's token");
     }
-    const auto found =
-        ref.object_label.empty()
-            ? find_vault_objects(fn(), session.handle(), ref.object_id, CKO_SECRET_KEY)
-            : find_referenced_objects(fn(), session.handle(), ref, CKO_SECRET_KEY);
-    if (found.empty()) throw Error(Failure::not_found, "no secret key " + describe(ref));
-    return token_hmac(fn(), session.handle(), found.front(), data);
+    if (!ref.object_label.empty()) {
+      const auto found = find_referenced_objects(fn(), session.handle(), ref, CKO_SECRET_KEY);
+      if (found.empty()) throw Error(Failure::not_found, "no secret key " + describe(ref));
+      return token_hmac(fn(), session.handle(), found.front(), data);
+    }
+    // A Ke is HMAC'd for every derivation: its handle is kept rather than
+    // searched for each time. A stale handle (object gone) is looked up again.
+    CK_OBJECT_HANDLE handle = secret_handle(session.handle(), ref.object_id, /*refresh=*/false);
+    try {
+      return token_hmac(fn(), session.handle(), handle, data);
+    } catch (const Error&) {
+      handle = secret_handle(session.handle(), ref.object_id, /*refresh=*/true);
+      return token_hmac(fn(), session.handle(), handle, data);
+    }
   }
 
   Bytes sign_digest(const TokenKeyRef& key, SignatureScheme scheme,
@@ -196,6 +210,23 @@ class Pkcs11Backend final : public SecureElement {
 
  private:
   CK_FUNCTION_LIST* fn() const noexcept { return token_->fn(); }
+
+  // The handle of the vault's token secret with this CKA_ID, from the cache
+  // unless `refresh`. Handles of token objects stay valid for the process.
+  CK_OBJECT_HANDLE secret_handle(CK_SESSION_HANDLE session, const Bytes& object_id, bool refresh) {
+    if (!refresh) {
+      std::lock_guard lock(handles_mutex_);
+      if (auto it = secret_handles_.find(object_id); it != secret_handles_.end()) return it->second;
+    }
+    const auto found = find_vault_objects(fn(), session, object_id, CKO_SECRET_KEY);
+    std::lock_guard lock(handles_mutex_);
+    if (found.empty()) {
+      secret_handles_.erase(object_id);
+      throw Error(Failure::not_found, "no secret key " + to_hex(object_id));
+    }
+    secret_handles_[object_id] = found.front();
+    return found.front();
+  }
 
   std::string token_of(const TokenKeyRef& ref) const {
     return ref.token_label.empty() ? token_->label() : ref.token_label;
@@ -233,6 +264,8 @@ class Pkcs11Backend final : public SecureElement {
   CK_OBJECT_HANDLE kek_ = CK_INVALID_HANDLE;
   UnwrapCache cache_;  // after token_: its objects go before the sessions close
   std::unique_ptr<Libp11Keys> signer_;
+  std::mutex handles_mutex_;
+  std::map<Bytes, CK_OBJECT_HANDLE> secret_handles_;
 };
 
 }  // namespace
