@@ -1,9 +1,13 @@
 #include "vault/vault.h"
 
 #include <fmt/format.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <memory>
 #include <set>
 #include <string_view>
 
@@ -87,17 +91,49 @@ std::string Vault::check_value_of(const hsm::SecretRef& ref) {
   return encoding::hex_encode(std::span<const std::uint8_t>(mac.data(), 8));
 }
 
+// True when a pending token key proves whole and usable: a Ke recomputes the
+// check value recorded before it was created; a signing key makes a signature
+// its public key verifies. A process killed while the token was still writing
+// the object can leave one that exists but does not work.
+bool Vault::pending_key_works(const KeyRecord& row, std::vector<std::uint8_t>& spki) {
+  try {
+    if (!se_.token_object_exists(row.object_id)) return false;
+    if (row.kind == KeyKind::ke)
+      return row.check_value && check_value_of(token_ref(row)) == *row.check_value;
+    if (row.kind != KeyKind::signing) return false;
+    spki = se_.public_key(token_ref(row));
+    const std::uint8_t digest[32] = {0x6d, 0x32, 0x6d, 0x76};  // any fixed digest
+    const bool ec = row.algorithm == "ec-p256";
+    auto signature = se_.sign_digest(
+        token_ref(row), ec ? hsm::SignatureScheme::ecdsa : hsm::SignatureScheme::rsa_pkcs1, digest);
+    const unsigned char* p = spki.data();
+    std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
+        d2i_PUBKEY(nullptr, &p, static_cast<long>(spki.size())), &EVP_PKEY_free);
+    if (!key) return false;
+    std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)> ctx(
+        EVP_PKEY_CTX_new(key.get(), nullptr), &EVP_PKEY_CTX_free);
+    if (!ctx || EVP_PKEY_verify_init(ctx.get()) <= 0) return false;
+    if (!ec && (EVP_PKEY_CTX_set_rsa_padding(ctx.get(), RSA_PKCS1_PADDING) <= 0 ||
+                EVP_PKEY_CTX_set_signature_md(ctx.get(), EVP_sha256()) <= 0)) {
+      return false;
+    }
+    return EVP_PKEY_verify(ctx.get(), signature.data(), signature.size(), digest, sizeof digest) ==
+           1;
+  } catch (const std::exception& e) {
+    spdlog::warn("pending key '{}' is not usable: {}", row.name, e.what());
+    return false;
+  }
+}
+
 ReconcileReport Vault::reconcile() {
   ReconcileReport report;
   for (const auto& row : catalog_.pending()) {
-    if (row.storage == Storage::token &&
-        in_token([&] { return se_.token_object_exists(row.object_id); })) {
-      std::vector<std::uint8_t> spki;
-      if (row.kind == KeyKind::signing)
-        spki = in_token([&] { return se_.public_key(token_ref(row)); });
+    std::vector<std::uint8_t> spki;
+    if (row.storage == Storage::token && pending_key_works(row, spki)) {
       catalog_.activate(row.row, spki);
       ++report.completed;
     } else {
+      // Whatever half-made object remains has no row now and goes below.
       catalog_.remove(row.row);
       ++report.dropped;
     }
@@ -108,8 +144,14 @@ ReconcileReport Vault::reconcile() {
   }
   for (const auto& object : in_token([&] { return se_.list_vault_objects(); })) {
     if (!named.contains(object)) {
-      in_token([&] { se_.destroy_token_object(object); });
-      ++report.destroyed;
+      try {
+        in_token([&] { se_.destroy_token_object(object); });
+        ++report.destroyed;
+      } catch (const Error& e) {
+        // It names no key; failing to remove it must not keep the vault down.
+        spdlog::warn("cannot destroy orphan token object {}: {}", encoding::hex_encode(object),
+                     e.what());
+      }
     }
   }
   return report;
@@ -193,7 +235,8 @@ std::vector<std::uint8_t> derivation_input(const DeriveSpec& spec) {
     // (the SUID values of TS-0004 are 10..45), so SUID and target cannot run
     // into each other as decimal digits would ("2"||"1x.org" == "21"||"x.org").
     if (spec.suid < 0 || spec.suid > 255) {
-      throw Error(ErrorCode::invalid_argument, fmt::format("SUID {} is out of range (0..255)", spec.suid));
+      throw Error(ErrorCode::invalid_argument,
+                  fmt::format("SUID {} is out of range (0..255)", spec.suid));
     }
     data.push_back(static_cast<std::uint8_t>(spec.suid));
   }
@@ -205,8 +248,8 @@ KeyRecord Vault::derive(const DeriveSpec& spec) {
   KeyRecord parent = usable_or_throw(spec.parent);
   if (parent.kind != KeyKind::ke) {
     throw Error(ErrorCode::invalid_argument,
-                fmt::format("key '{}' is a {} key; derivations take an Enrolment Key (ke)", parent.name,
-                            to_string(parent.kind)));
+                fmt::format("key '{}' is a {} key; derivations take an Enrolment Key (ke)",
+                            parent.name, to_string(parent.kind)));
   }
   const std::vector<std::uint8_t> input = derivation_input(spec);
   const std::int64_t now = clock_();
@@ -215,11 +258,18 @@ KeyRecord Vault::derive(const DeriveSpec& spec) {
   }
   KeyRecord record;
   switch (spec.derivation) {
-    case Derivation::master_credential: record.kind = KeyKind::km; break;
-    case Derivation::provisioned_secure_connection_key: record.kind = KeyKind::kpsa; break;
-    case Derivation::usage_constrained_key: record.kind = KeyKind::usage; break;
+    case Derivation::master_credential:
+      record.kind = KeyKind::km;
+      break;
+    case Derivation::provisioned_secure_connection_key:
+      record.kind = KeyKind::kpsa;
+      break;
+    case Derivation::usage_constrained_key:
+      record.kind = KeyKind::usage;
+      break;
   }
-  if (spec.identifier) canonical_identifier(record.kind, *spec.identifier);  // fail before token work
+  if (spec.identifier)
+    canonical_identifier(record.kind, *spec.identifier);  // fail before token work
   if (spec.name) canonical_name(*spec.name);
   record.created = now;
   record.expires = spec.expires;
@@ -247,30 +297,34 @@ KeyRecord Vault::derive(const DeriveSpec& spec) {
         fqdn = nfkc(spec.subject, "MAF-ID");
         prefix = "km-";
         if (!is_valid_fqdn(fqdn)) {
-          throw Error(ErrorCode::invalid_argument,
-                      fmt::format("MAF-ID '{}' is not an FQDN, so no KmID can be formed from it: give one "
-                                  "(--km-id)",
-                                  spec.subject));
+          throw Error(
+              ErrorCode::invalid_argument,
+              fmt::format("MAF-ID '{}' is not an FQDN, so no KmID can be formed from it: give one "
+                          "(--km-id)",
+                          spec.subject));
         }
         break;
       case Derivation::provisioned_secure_connection_key:
-        fqdn = parent.identifier ? split_identifier(*parent.identifier).value_or(Identifier{}).fqdn : "";
+        fqdn = parent.identifier ? split_identifier(*parent.identifier).value_or(Identifier{}).fqdn
+                                 : "";
         prefix = "kpsa-";
         break;
       case Derivation::usage_constrained_key:
         fqdn = nfkc(spec.subject, "Enrolment-Target-ID");
         prefix = fmt::format("usage-{}-", spec.suid);
         if (!is_valid_fqdn(fqdn)) {
-          throw Error(ErrorCode::invalid_argument,
-                      fmt::format("Enrolment-Target-ID '{}' is not an FQDN: give an identifier (--id)",
-                                  spec.subject));
+          throw Error(
+              ErrorCode::invalid_argument,
+              fmt::format("Enrolment-Target-ID '{}' is not an FQDN: give an identifier (--id)",
+                          spec.subject));
         }
         break;
     }
     if (fqdn.empty()) {
-      throw Error(ErrorCode::invalid_argument,
-                  fmt::format("Enrolment Key '{}' has no KeId to take an FQDN from: give an identifier",
-                              parent.name));
+      throw Error(
+          ErrorCode::invalid_argument,
+          fmt::format("Enrolment Key '{}' has no KeId to take an FQDN from: give an identifier",
+                      parent.name));
     }
     record.identifier = prefix + *record.check_value + "@" + fqdn;
   }

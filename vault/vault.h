@@ -136,6 +136,7 @@ class Vault {
   hsm::BackendInfo backend() const { return se_.info(); }
 
  private:
+  bool pending_key_works(const KeyRecord& row, std::vector<std::uint8_t>& spki);
   KeyRecord find_or_throw(std::string_view key);
   KeyRecord usable_or_throw(std::string_view key);
   std::string check_value_of(const hsm::SecretRef& ref);
