@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include <algorithm>
+#include <cctype>
 #include <set>
 #include <string_view>
 
@@ -65,7 +67,7 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
   }
   check_keys(*file, root,
              {"state_dir", "socket", "backend", "log_level", "log_file", "threads",
-              "max_connections", "frame_timeout_ms", "idle_timeout_ms", "pkcs11"},
+              "max_connections", "frame_timeout_ms", "idle_timeout_ms", "pkcs11", "id_format"},
              "");
   read(*file, root, "state_dir", config.state_dir);
   read(*file, root, "socket", config.socket);
@@ -94,7 +96,32 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
       bad(*file, *node, "an external PKCS#11 module needs 'pin_file'");
     }
   }
+  if (const toml::node* node = root.get("id_format")) {
+    const toml::table* formats = node->as_table();
+    if (!formats) bad(*file, *node, "'id_format' must be a table of FQDN = \"base64\" | \"hex\"");
+    for (const auto& [fqdn, value] : *formats) {
+      auto text = value.value<std::string>();
+      if (!is_valid_fqdn(fqdn.str()))
+        bad(*file, value, fmt::format("'{}' is not an FQDN", fqdn.str()));
+      if (!text || (*text != "base64" && *text != "hex")) {
+        bad(*file, value,
+            fmt::format("id_format for '{}' must be \"base64\" or \"hex\"", fqdn.str()));
+      }
+      std::string key(fqdn.str());
+      std::transform(key.begin(), key.end(), key.begin(),
+                     [](unsigned char c) { return std::tolower(c); });
+      config.id_formats[key] = *text == "hex" ? IdFormat::hex : IdFormat::base64;
+    }
+  }
   return config;
+}
+
+IdFormat Config::id_format_for(std::string_view fqdn) const {
+  std::string key(fqdn);
+  std::transform(key.begin(), key.end(), key.begin(),
+                 [](unsigned char c) { return std::tolower(c); });
+  auto it = id_formats.find(key);
+  return it == id_formats.end() ? IdFormat::base64 : it->second;
 }
 
 }  // namespace m2mvault::vault

@@ -6,8 +6,11 @@
 #include <chrono>
 #include <cstddef>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
+
+#include "vault/identifiers.h"
 
 namespace m2mvault::vault {
 
@@ -31,8 +34,11 @@ struct Config {
   std::chrono::milliseconds frame_timeout{10'000};
   std::chrono::milliseconds idle_timeout{std::chrono::minutes(10)};
   Pkcs11Settings pkcs11;
+  // encode() of KeId/KcId per MEF/MAF FQDN (lowercased); base64 when absent.
+  std::map<std::string, IdFormat> id_formats;
 
   bool embedded() const { return pkcs11.module.empty(); }
+  IdFormat id_format_for(std::string_view fqdn) const;
 };
 
 // Reads `file` (if given) over the defaults. Throws Error(invalid_argument)

@@ -11,6 +11,9 @@
 //   hmac      key.check: HMAC-SHA-256 inside the token through the API
 //   sign      ECDSA P-256 signature inside the token through the API
 //   import    Kpsa creations (wrap + durable catalog insert)
+//   derive    Km derivations through the API, against the raw in-token cost
+//             of the same work (C_Sign HMAC + C_CreateObject + C_WrapKey)
+//             measured on a token of the benchmark's own
 #include <fmt/format.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -31,6 +34,7 @@
 #include "api/client.h"
 #include "api/encoding.h"
 #include "api/framing.h"
+#include "hsm/pkcs11/pkcs11_backend.h"
 
 namespace {
 
@@ -146,6 +150,54 @@ Result run_clients(const std::string& name, const std::string& socket, int clien
   return summarize(name, clients, std::move(all), elapsed);
 }
 
+// The same in-token work as a derivation, without the daemon: HMAC with a
+// token-resident Ke into a session object, wrapped under the KEK. Runs on a
+// fresh embedded token of this process (SoftHSM2 is loaded here only).
+std::vector<Result> raw_derivations(const std::vector<int>& client_counts, double seconds) {
+  char tmpl[] = "/tmp/m2mvault-bench-XXXXXX";
+  const std::filesystem::path dir = ::mkdtemp(tmpl);
+  const auto staging = dir / "staging";
+  const auto state = dir / "state";
+  std::filesystem::create_directories(staging);
+  m2mvault::hsm::pkcs11::create_embedded_token(staging, state);
+  std::filesystem::rename(staging, state);
+  auto se = m2mvault::hsm::pkcs11::open(m2mvault::hsm::pkcs11::embedded_config(state));
+  auto ke_id = se->new_object_id();
+  std::vector<std::uint8_t> ke(32, 0x4b);
+  se->create_token_secret(ke_id, ke);
+  const m2mvault::hsm::SecretRef parent = m2mvault::hsm::TokenKeyRef{"", ke_id, ""};
+  const std::string label = "oneM2M Enrolment Key to Master Credential derivationmaf.example.com";
+  const std::vector<std::uint8_t> input(label.begin(), label.end());
+
+  std::vector<Result> results;
+  for (int clients : client_counts) {
+    std::vector<std::vector<double>> lat(clients);
+    std::vector<std::thread> threads;
+    const auto start = Clock::now();
+    const auto end =
+        start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+    for (int c = 0; c < clients; ++c) {
+      threads.emplace_back([&, c] {
+        while (Clock::now() < end) {
+          auto t0 = Clock::now();
+          se->derive_wrapped_secret(parent, input);
+          lat[c].push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    std::vector<double> all;
+    for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
+    results.push_back(
+        summarize("raw in-token derivation (no daemon)", clients, std::move(all), elapsed));
+  }
+  se->destroy_token_object(ke_id);
+  se.reset();
+  std::filesystem::remove_all(dir);
+  return results;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -191,6 +243,26 @@ int main(int argc, char** argv) {
                                             {"value", m2mvault::encoding::base64_encode(kpsa)}});
                                   }));
   }
+  std::vector<std::uint8_t> ke(32);
+  for (std::size_t i = 0; i < ke.size(); ++i) ke[i] = static_cast<std::uint8_t>(i);
+  const std::string ke_name = "bench-ke-" + run_tag;
+  setup.call("key.import", {{"kind", "ke"},
+                            {"id", "AAECAwQFBgcICQoLDA0ODw==@bench" + run_tag + ".example.com"},
+                            {"name", ke_name},
+                            {"value", m2mvault::encoding::base64_encode(ke)}});
+  for (int clients : client_counts) {
+    results.push_back(run_clients("Km derivation (key.derive)", socket, clients, seconds,
+                                  [&](Client& c, int client, std::uint64_t i) {
+                                    c.call("key.derive",
+                                           {{"derivation", "km"},
+                                            {"ke", ke_name},
+                                            {"maf_id", "maf.example.com"},
+                                            {"id", fmt::format("d{}-{}-{}-{}@maf.example.com",
+                                                               run_tag, clients, client, i)}});
+                                  }));
+  }
+  for (auto& r : raw_derivations(client_counts, seconds)) results.push_back(std::move(r));
+
   results.push_back(run_clients(
       "signing key generation (token object)", socket, 1, seconds,
       [&](Client& c, int, std::uint64_t i) {
@@ -205,6 +277,18 @@ int main(int argc, char** argv) {
     fmt::print("| {} | {} | {:.1f} | {:.1f} | {:.0f} | {} |\n", r.name, r.clients, r.p50_us,
                r.p99_us, r.ops_per_s, r.ops);
   }
+  for (const auto& api : results) {
+    if (!api.name.starts_with("Km derivation")) continue;
+    for (const auto& raw : results) {
+      if (raw.name.starts_with("raw in-token derivation") && raw.clients == api.clients) {
+        fmt::print(
+            "\nderivations through the API / raw in-token, {} clients = {:.0f}% (target >= 50% at "
+            "16)",
+            api.clients, 100.0 * api.ops_per_s / raw.ops_per_s);
+      }
+    }
+  }
+  fmt::print("\n");
   const double floor = results[0].p50_us;
   for (const auto& r : results) {
     if (r.name.starts_with("API round trip") && r.clients == 1) {

@@ -75,3 +75,21 @@ TEST_F(ConfigFile, WrongTypeIsRejected) {
 
 }  // namespace
 }  // namespace m2mvault::vault
+
+namespace m2mvault::vault {
+namespace {
+
+class IdFormatConfig : public ConfigFile {};
+
+TEST_F(IdFormatConfig, Base64ByDefaultHexPerFqdn) {
+  Config c = load_config(
+      write("[id_format]\n\"MEF.example.com\" = \"hex\"\n\"maf.example.com\" = \"base64\"\n"));
+  EXPECT_EQ(c.id_format_for("mef.EXAMPLE.com"), IdFormat::hex);
+  EXPECT_EQ(c.id_format_for("maf.example.com"), IdFormat::base64);
+  EXPECT_EQ(c.id_format_for("other.example.com"), IdFormat::base64);
+  EXPECT_THROW(load_config(write("[id_format]\n\"mef.example.com\" = \"base32\"\n")), Error);
+  EXPECT_THROW(load_config(write("[id_format]\n\"not an fqdn\" = \"hex\"\n")), Error);
+}
+
+}  // namespace
+}  // namespace m2mvault::vault
