@@ -78,6 +78,19 @@ class SecureElement {
   virtual Bytes derive_wrapped_secret(const SecretRef& parent,
                                       std::span<const std::uint8_t> data) = 0;
 
+  // As wrap_secret() and derive_wrapped_secret(), also returning
+  // HMAC-SHA-256(new secret, mac_data), taken while the secret is still a
+  // session object: a new key's check value costs no unwrap.
+  struct WrappedWithMac {
+    Bytes blob;
+    Hmac mac;
+  };
+  virtual WrappedWithMac wrap_secret_with_mac(std::span<const std::uint8_t> secret,
+                                              std::span<const std::uint8_t> mac_data) = 0;
+  virtual WrappedWithMac derive_wrapped_secret_with_mac(const SecretRef& parent,
+                                                        std::span<const std::uint8_t> data,
+                                                        std::span<const std::uint8_t> mac_data) = 0;
+
   // --- token objects (Ke, signing keys) --------------------------------
 
   // A fresh random 16-byte CKA_ID for a new token object.

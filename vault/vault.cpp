@@ -86,9 +86,16 @@ std::int64_t system_clock_now() {
 Vault::Vault(Catalog& catalog, hsm::SecureElement& se, Clock clock)
     : catalog_(catalog), se_(se), clock_(std::move(clock)) {}
 
-std::string Vault::check_value_of(const hsm::SecretRef& ref) {
-  auto mac = in_token([&] { return se_.hmac_sha256(ref, as_bytes(kCheckValueLabel)); });
+namespace {
+// The check value is the first 8 bytes of the MAC, as hex.
+std::string check_value_text(const hsm::Hmac& mac) {
   return encoding::hex_encode(std::span<const std::uint8_t>(mac.data(), 8));
+}
+}  // namespace
+
+std::string Vault::check_value_of(const hsm::SecretRef& ref) {
+  return check_value_text(
+      in_token([&] { return se_.hmac_sha256(ref, as_bytes(kCheckValueLabel)); }));
 }
 
 // True when a pending token key proves whole and usable: a Ke recomputes the
@@ -187,18 +194,18 @@ KeyRecord Vault::import_key(const ImportSpec& spec, std::span<const std::uint8_t
 
   if (is_psk_kind(spec.kind)) {
     record.storage = Storage::wrapped;
-    record.blob = in_token([&] { return se_.wrap_secret(secret); });
-    record.check_value = check_value_of(hsm::WrappedSecretRef{record.blob});
+    auto wrapped =
+        in_token([&] { return se_.wrap_secret_with_mac(secret, as_bytes(kCheckValueLabel)); });
+    record.blob = std::move(wrapped.blob);
+    record.check_value = check_value_text(wrapped.mac);
     return catalog_.insert(std::move(record));
   }
 
   // Ke: a persistent, non-extractable token object. Its check value is taken
   // from a transient wrapped copy so the pending row is complete.
   record.storage = Storage::token;
-  {
-    auto transient = in_token([&] { return se_.wrap_secret(secret); });
-    record.check_value = check_value_of(hsm::WrappedSecretRef{transient});
-  }
+  record.check_value = check_value_text(
+      in_token([&] { return se_.wrap_secret_with_mac(secret, as_bytes(kCheckValueLabel)); }).mac);
   record.object_id = in_token([&] { return se_.new_object_id(); });
   KeyRecord pending = catalog_.insert_pending(std::move(record));
   try {
@@ -279,8 +286,12 @@ KeyRecord Vault::derive(const DeriveSpec& spec) {
   record.parent = parent.name;
   record.storage = Storage::wrapped;
   record.length = 32;
-  record.blob = in_token([&] { return se_.derive_wrapped_secret(secret_ref(parent), input); });
-  record.check_value = check_value_of(hsm::WrappedSecretRef{record.blob});
+  auto derived = in_token([&] {
+    return se_.derive_wrapped_secret_with_mac(secret_ref(parent), input,
+                                              as_bytes(kCheckValueLabel));
+  });
+  record.blob = std::move(derived.blob);
+  record.check_value = check_value_text(derived.mac);
   record.entity = spec.entity;
   if (!record.entity && spec.derivation == Derivation::provisioned_secure_connection_key) {
     record.entity = nfkc(spec.subject, "Enrolee-B-ID");  // the Kpsa authenticates Enrolee B

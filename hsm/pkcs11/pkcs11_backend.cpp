@@ -85,6 +85,23 @@ class Pkcs11Backend final : public SecureElement {
     return wrap_secret(derived.span());
   }
 
+  WrappedWithMac wrap_secret_with_mac(std::span<const std::uint8_t> secret,
+                                      std::span<const std::uint8_t> mac_data) override {
+    auto session = token_->sessions().borrow();
+    WrappedWithMac out{};
+    out.blob = wrap_secret_with(fn(), session.handle(), kek_, secret, mac_data, &out.mac);
+    return out;
+  }
+
+  WrappedWithMac derive_wrapped_secret_with_mac(const SecretRef& parent,
+                                                std::span<const std::uint8_t> data,
+                                                std::span<const std::uint8_t> mac_data) override {
+    Hmac mac = hmac_sha256(parent, data);
+    const SecureBuffer derived = SecureBuffer::copy_of(mac);
+    OPENSSL_cleanse(mac.data(), mac.size());
+    return wrap_secret_with_mac(derived.span(), mac_data);
+  }
+
   Bytes new_object_id() override {
     Bytes id(16);
     auto session = token_->sessions().borrow();

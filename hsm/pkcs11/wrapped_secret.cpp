@@ -44,7 +44,8 @@ SecureBuffer hmac_equivalent_key(std::span<const std::uint8_t> secret) {
 }
 
 Bytes wrap_secret_with(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE kek,
-                       std::span<const std::uint8_t> secret) {
+                       std::span<const std::uint8_t> secret, std::span<const std::uint8_t> mac_data,
+                       Hmac* mac_out) {
   const SecureBuffer key = hmac_equivalent_key(secret);
   CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
   CK_KEY_TYPE type = CKK_GENERIC_SECRET;
@@ -57,6 +58,7 @@ Bytes wrap_secret_with(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session, CK_OBJEC
   CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
   check(fn->C_CreateObject(session, templ.data(), templ.size(), &handle), "C_CreateObject");
   const SessionObject object(fn, session, handle);
+  if (mac_out != nullptr) *mac_out = token_hmac(fn, session, object.handle(), mac_data);
 
   CK_MECHANISM mechanism{CKM_AES_KEY_WRAP_PAD, nullptr, 0};
   // Key wrap with padding adds at most 15 bytes (8 of integrity, <8 of padding).

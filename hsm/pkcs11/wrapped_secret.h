@@ -25,8 +25,10 @@ inline constexpr std::size_t kMinHmacKeySize = 32;
 SecureBuffer hmac_equivalent_key(std::span<const std::uint8_t> secret);
 
 // Wraps `secret` under `kek` through a session object that is destroyed.
+// With `mac_out`, also HMACs `mac_data` with that object before it goes.
 Bytes wrap_secret_with(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE kek,
-                       std::span<const std::uint8_t> secret);
+                       std::span<const std::uint8_t> secret,
+                       std::span<const std::uint8_t> mac_data = {}, Hmac* mac_out = nullptr);
 
 struct ParsedBlob {
   std::size_t length;                     // the secret's true length

@@ -119,6 +119,25 @@ TEST(Derivation, DerivedSecretUnwrapsToTheHmacOfItsParent) {
   backend().destroy_token_object(id);
 }
 
+TEST(WrappedSecret, MacTakenAtWrapTimeMatchesOpenSsl) {
+  const Bytes label = text_bytes("m2mvault key check value");
+  for (std::size_t size : {8u, 32u, 48u}) {
+    const Bytes key = random_bytes(size);
+    const auto wrapped = backend().wrap_secret_with_mac(key, label);
+    EXPECT_EQ(wrapped.mac, openssl_hmac(key, label)) << size;
+    SecureBuffer plain = backend().unwrap_secret(wrapped.blob);
+    EXPECT_TRUE(std::equal(key.begin(), key.end(), plain.data(), plain.data() + plain.size())) << size;
+  }
+  const Bytes ke = random_bytes(32);
+  const Bytes id = backend().new_object_id();
+  backend().create_token_secret(id, ke);
+  const Bytes data = text_bytes("oneM2M Enrolment Key to Master Credential derivationmaf.example.com");
+  const auto derived = backend().derive_wrapped_secret_with_mac(TokenKeyRef{"", id, ""}, data, label);
+  const Hmac km = openssl_hmac(ke, data);
+  EXPECT_EQ(derived.mac, openssl_hmac(Bytes(km.begin(), km.end()), label));
+  backend().destroy_token_object(id);
+}
+
 TEST(WrappedSecret, Wrapping1000SecretsCreatesNoPersistentObject) {
   RawSession raw(setup().config.module, pkcs11::kDefaultTokenLabel, setup().user_pin);
   const std::size_t before = raw.count_token_objects();
