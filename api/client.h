@@ -44,9 +44,15 @@ class Client {
   void send_raw(std::string_view bytes);
 
  private:
+  // Closes the connection (a broken stream cannot be resynchronized) and
+  // throws Error(backend_unavailable) naming the socket.
+  [[noreturn]] void fail(const std::string& what);
+
   int fd_ = -1;
   std::uint64_t next_id_ = 1;
   std::chrono::milliseconds timeout_;
+  std::string socket_path_;  // for error messages
+  std::string buffer_;       // the frame being sent or received, reused
 };
 
 }  // namespace m2mvault::api

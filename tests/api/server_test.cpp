@@ -1,12 +1,22 @@
 // The socket server with a test handler: framing, limits, peer credentials.
 #include "api/server.h"
 
+#include <grp.h>
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <future>
+#include <sstream>
 #include <thread>
 
 #include "api/client.h"
@@ -30,8 +40,20 @@ class TestHandler : public RequestHandler {
     }
     if (request.op == "fail") throw Error(ErrorCode::not_found, "no key named 'x'");
     if (request.op == "boom") throw std::runtime_error("secret-ish 1a2b3c4d5e6f7a8b");
+    if (request.op == "sleep") {
+      std::this_thread::sleep_for(std::chrono::milliseconds(request.params.value("ms", 10)));
+      return json::object();
+    }
+    if (request.op == "block") {  // waits until the test releases it
+      blocked.set_value();
+      release.get_future().wait();
+      return json::object();
+    }
+    if (request.op == "huge") return {{"data", std::string(kMaxFrameBytes + 1, 'x')}};
     throw Error(ErrorCode::unsupported, "unknown operation '" + request.op + "'");
   }
+  std::promise<void> blocked;
+  std::promise<void> release;
 };
 
 class ServerTest : public ::testing::Test {
@@ -90,15 +112,28 @@ TEST_F(ServerTest, RoundTripAndErrorCodes) {
 }
 
 TEST_F(ServerTest, UnexpectedExceptionsRevealNothing) {
+  std::ostringstream log;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  spdlog::default_logger()->sinks().push_back(sink);
   start();
   auto c = client();
   try {
-    c.call("boom");
+    c.call("boom", {{"param", "p4r4m-value"}});
     FAIL();
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::internal);
     EXPECT_STREQ(e.what(), "internal error");
+    EXPECT_EQ(std::string(e.what()).find("secret-ish"), std::string::npos);
   }
+  spdlog::default_logger()->flush();
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::find(sinks.begin(), sinks.end(), sink));
+  // Logged at error level with the op, without the exception text or params.
+  EXPECT_NE(log.str().find("[error]"), std::string::npos) << log.str();
+  EXPECT_NE(log.str().find("boom"), std::string::npos) << log.str();
+  EXPECT_EQ(log.str().find("secret-ish"), std::string::npos) << log.str();
+  EXPECT_EQ(log.str().find("p4r4m-value"), std::string::npos) << log.str();
+  EXPECT_EQ(c.call("echo", {{"after", 1}}), (json{{"after", 1}}));
 }
 
 TEST_F(ServerTest, BadFramesGetErrorsAndTheConnectionGoesOn) {
@@ -233,6 +268,332 @@ TEST(Client, NoDaemonIsBackendUnavailableNamingThePath) {
     EXPECT_EQ(e.code(), ErrorCode::backend_unavailable);
     EXPECT_NE(std::string(e.what()).find("/tmp/m2mvault-no-such-dir/none.sock"), std::string::npos);
   }
+}
+
+TEST_F(ServerTest, IdsAreEchoedAsSent) {
+  start();
+  auto c = client();
+  json r = raw(c, frame_of(R"({"v":1,"id":"req-7","op":"echo","params":{"a":1}})"));
+  EXPECT_EQ(r, (json{{"v", 1}, {"id", "req-7"}, {"result", {{"a", 1}}}}));
+  r = raw(c, frame_of(R"({"v":1,"id":2.5,"op":"echo"})"));
+  EXPECT_EQ(r, (json{{"v", 1}, {"id", 2.5}, {"result", json::object()}}));
+  r = raw(c, frame_of(R"({"v":1,"id":true,"op":"echo"})"));
+  EXPECT_TRUE(r["id"].is_null()) << r;
+  EXPECT_EQ(r["error"]["code"], "invalid_argument") << r;
+  r = raw(c, frame_of(R"({"v":3,"id":"x","op":"echo"})"));
+  EXPECT_EQ(r["id"], "x") << r;
+  EXPECT_NE(r["error"]["message"].get<std::string>().find("protocol version 3 not supported"),
+            std::string::npos)
+      << r;
+}
+
+TEST_F(ServerTest, FrameJustOverTheLimitClosesTheConnection) {
+  config_.max_frame_bytes = 1000;
+  start();
+  auto c = client();
+  // A frame at the limit is read and answered.
+  std::string body = R"({"v":1,"id":1,"op":"echo","params":{"s":")";
+  body += std::string(1000 - body.size() - 3, 'a') + R"("}})";
+  ASSERT_EQ(body.size(), 1000u);
+  EXPECT_EQ(raw(c, frame_of(body))["result"]["s"].get<std::string>().size(), 1000u - 44);
+  json r = raw(c, std::string("\x00\x00\x03\xe9", 4));  // 1001
+  EXPECT_EQ(r["error"]["code"], "invalid_argument");
+  EXPECT_NE(r["error"]["message"].get<std::string>().find("exceeds the limit of 1000 bytes"),
+            std::string::npos)
+      << r;
+  EXPECT_THROW(c.receive(), Error);
+  EXPECT_EQ(client().call("echo", {{"x", 1}}), (json{{"x", 1}}));
+}
+
+TEST_F(ServerTest, DefaultLimitIsNamedInTheOversizeError) {
+  start();
+  auto c = client();
+  json r = raw(c, std::string("\x7f\xff\xff\xff", 4));
+  EXPECT_NE(r["error"]["message"].get<std::string>().find("exceeds the limit of 1048576 bytes"),
+            std::string::npos)
+      << r;
+}
+
+TEST_F(ServerTest, LargeFrameArrivingInPiecesIsServed) {
+  start();
+  auto c = client();
+  const std::string big(kMaxFrameBytes - 100, 'z');
+  const std::string frame =
+      frame_of(json{{"v", 1}, {"id", 9}, {"op", "echo"}, {"params", {{"big", big}}}}.dump());
+  for (std::size_t at = 0; at < frame.size(); at += 100'000) {
+    c.send_raw(std::string_view(frame).substr(at, 100'000));
+  }
+  json r = c.receive();
+  EXPECT_EQ(r["id"], 9);
+  EXPECT_EQ(r["result"]["big"], big);
+  EXPECT_EQ(c.call("echo", {{"x", 1}}), (json{{"x", 1}}));
+}
+
+TEST_F(ServerTest, ResponseTooLargeForAFrameIsAnError) {
+  start();
+  auto c = client();
+  try {
+    c.call("huge");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::internal);
+  }
+  EXPECT_EQ(c.call("echo", {{"x", 1}}), (json{{"x", 1}}));
+}
+
+TEST_F(ServerTest, DeeplyNestedJsonIsHandled) {
+  start();
+  auto c = client();
+  const std::size_t depth = 400'000;
+  json r = raw(c, frame_of(std::string(depth, '[') + std::string(depth, ']')));
+  EXPECT_EQ(r["error"]["code"], "invalid_argument");
+  std::string params;
+  for (std::size_t i = 0; i < depth / 8; ++i) params += R"({"a":)";
+  params += "1" + std::string(depth / 8, '}');
+  r = raw(c, frame_of(R"({"v":1,"id":1,"op":"fail","params":)" + params + "}"));
+  EXPECT_EQ(r["error"]["code"], "not_found");
+  EXPECT_EQ(c.call("echo", {{"x", 1}}), (json{{"x", 1}}));
+}
+
+TEST_F(ServerTest, ABlockedHandlerDoesNotHoldUpOtherConnections) {
+  start();
+  auto blocked = handler_.blocked.get_future();
+  auto slow = std::async(std::launch::async, [&] {
+    auto c = client();
+    return c.call("block");
+  });
+  blocked.wait();
+  // Served while the other connection's handler is still running.
+  auto fast = client();
+  EXPECT_EQ(fast.call("echo", {{"x", 1}}), (json{{"x", 1}}));
+  handler_.release.set_value();
+  EXPECT_EQ(slow.get(), json::object());
+}
+
+TEST_F(ServerTest, PeerCredentialsOfAnotherProcess) {
+  start();
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::close(pipe_fds[0]);
+    // Root may give itself supplementary groups; otherwise keep its own.
+    const gid_t extra[] = {4242, 4343};
+    (void)::setgroups(2, extra);
+    std::string out;
+    try {
+      json me = Client(config_.socket_path, std::chrono::seconds(5)).call("whoami");
+      std::vector<gid_t> mine(static_cast<std::size_t>(::getgroups(0, nullptr)));
+      ::getgroups(static_cast<int>(mine.size()), mine.data());
+      out = json{{"seen", me}, {"pid", ::getpid()}, {"uid", ::getuid()}, {"groups", mine}}.dump();
+    } catch (const std::exception& e) {
+      out = json{{"error", e.what()}}.dump();
+    }
+    (void)!::write(pipe_fds[1], out.data(), out.size());
+    ::_exit(0);
+  }
+  ::close(pipe_fds[1]);
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(pipe_fds[0], buf, sizeof buf)) > 0;) out.append(buf, n);
+  ::close(pipe_fds[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  json r = json::parse(out);
+  ASSERT_FALSE(r.contains("error")) << r;
+  EXPECT_EQ(r["seen"]["pid"], child);
+  EXPECT_NE(r["seen"]["pid"], ::getpid());
+  EXPECT_EQ(r["seen"]["uid"], r["uid"]);
+  auto seen = r["seen"]["groups"].get<std::vector<gid_t>>();
+  auto expected = r["groups"].get<std::vector<gid_t>>();
+  std::sort(seen.begin(), seen.end());
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(seen, expected);
+  if (::getuid() == 0) {
+    EXPECT_EQ(seen, (std::vector<gid_t>{4242, 4343}));  // populated
+  }
+}
+
+TEST_F(ServerTest, IdleConnectionIsClosed) {
+  config_.idle_timeout = std::chrono::milliseconds(200);
+  start();
+  auto c = client();
+  EXPECT_EQ(c.call("echo", {{"x", 1}}), (json{{"x", 1}}));
+  try {
+    c.receive();  // nothing more is sent: the daemon hangs up
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::backend_unavailable);
+    EXPECT_NE(std::string(e.what()).find("closed the connection"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(client().call("echo", {{"x", 1}}), (json{{"x", 1}}));
+}
+
+TEST_F(ServerTest, BusyConnectionIsNotIdle) {
+  config_.idle_timeout = std::chrono::milliseconds(150);
+  config_.frame_timeout = std::chrono::milliseconds(150);
+  start();
+  auto c = client();
+  // A request in flight longer than both timeouts is still answered.
+  EXPECT_EQ(c.call("sleep", {{"ms", 400}}), json::object());
+  EXPECT_EQ(c.call("echo", {{"x", 1}}), (json{{"x", 1}}));
+}
+
+TEST_F(ServerTest, ConnectionCapCountsOnlyOpenConnections) {
+  config_.max_connections = 2;
+  start();
+  // Closed connections free their slots once the daemon has seen them close.
+  auto wait_until_no_connections = [&] {
+    for (int i = 0; i < 500 && server_->connection_count() > 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    ASSERT_EQ(server_->connection_count(), 0u);
+  };
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(client().call("echo", {{"i", i}}), (json{{"i", i}}));
+    wait_until_no_connections();
+  }
+  auto a = client();
+  auto b = client();
+  a.call("echo");
+  b.call("echo");
+  try {
+    client().call("echo");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::backend_unavailable);
+    EXPECT_STREQ(e.what(), "too many connections");
+  }
+}
+
+TEST_F(ServerTest, DirectoryModeIgnoresTheUmask) {
+  const mode_t old = ::umask(077);
+  config_.socket_path = dir_ / "a" / "b" / "test.sock";
+  start();
+  ::umask(old);
+  struct stat st {};
+  ASSERT_EQ(::stat(config_.socket_path.parent_path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0755u);
+  ASSERT_EQ(::stat(config_.socket_path.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0666u);
+}
+
+TEST_F(ServerTest, NonSocketFileOnThePathIsAConflict) {
+  std::filesystem::create_directories(config_.socket_path.parent_path());
+  std::ofstream(config_.socket_path) << "not a socket";
+  try {
+    Server s(config_, handler_);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::conflict);
+  }
+  EXPECT_TRUE(std::filesystem::is_regular_file(config_.socket_path));  // left alone
+}
+
+TEST_F(ServerTest, LiveDaemonKeepsItsSocket) {
+  start();
+  try {
+    Server second(config_, handler_);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::conflict);
+    EXPECT_NE(std::string(e.what()).find("another daemon is listening on " +
+                                         config_.socket_path.string()),
+              std::string::npos)
+        << e.what();
+  }
+  // The failed second server removed nothing.
+  EXPECT_EQ(client().call("echo", {{"x", 1}}), (json{{"x", 1}}));
+}
+
+TEST_F(ServerTest, StopUnlinksTheSocketAndRunReturns) {
+  start();
+  auto c = client();
+  EXPECT_EQ(c.call("echo", {{"x", 1}}), (json{{"x", 1}}));
+  server_->stop();
+  thread_.join();
+  EXPECT_FALSE(std::filesystem::exists(config_.socket_path));
+  server_.reset();
+  EXPECT_THROW(client(), Error);
+}
+
+TEST(Client, NullParamsAreSentAsAnEmptyObject) {
+  // {} at a call site converts to a null json, not an object.
+  char tmpl[] = "/tmp/m2mvault-api-XXXXXX";
+  const std::filesystem::path dir = ::mkdtemp(tmpl);
+  TestHandler handler;
+  ServerConfig config;
+  config.socket_path = dir / "s.sock";
+  config.threads = 1;
+  Server server(config, handler);
+  std::thread t([&] { server.run(); });
+  Client c(config.socket_path);
+  EXPECT_EQ(c.call("echo", {}), json::object());
+  EXPECT_EQ(c.call("echo", json()), json::object());
+  try {
+    c.call(std::string("bad\xff utf8"));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::invalid_argument);
+  }
+  EXPECT_EQ(c.call("echo", {{"still", "usable"}}), (json{{"still", "usable"}}));
+  server.stop();
+  t.join();
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Client, UnknownErrorCodeBecomesInternal) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  char tmpl[] = "/tmp/m2mvault-api-XXXXXX";
+  const std::filesystem::path dir = ::mkdtemp(tmpl);
+  const auto path = dir / "fake.sock";
+  // A fake daemon that answers every request with a code from the future.
+  int listener = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strcpy(addr.sun_path, path.c_str());
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(listener, 1), 0);
+  std::thread fake([&] {
+    int fd = ::accept(listener, nullptr, nullptr);
+    char header[4];
+    (void)!::read(fd, header, 4);
+    std::string body(decode_frame_length(reinterpret_cast<std::uint8_t*>(header)), '\0');
+    (void)!::read(fd, body.data(), body.size());
+    const std::string reply = encode_frame(
+        {{"v", 1}, {"id", 1}, {"error", {{"code", "quantum_flux"}, {"message", "odd"}}}});
+    (void)!::write(fd, reply.data(), reply.size());
+    ::close(fd);  // then EOF
+  });
+  Client c(path);
+  try {
+    c.call("x");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::internal);
+    EXPECT_STREQ(e.what(), "odd");
+  }
+  try {
+    c.call("x");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::backend_unavailable);
+    EXPECT_NE(std::string(e.what()).find(path.string()), std::string::npos) << e.what();
+  }
+  fake.join();
+  ::close(listener);
+  ::close(sv[0]);
+  ::close(sv[1]);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Client, DefaultSocketPathHonoursTheEnvironment) {
+  ::setenv("M2MVAULT_SOCKET", "/tmp/elsewhere.sock", 1);
+  EXPECT_EQ(default_socket_path(), "/tmp/elsewhere.sock");
+  ::unsetenv("M2MVAULT_SOCKET");
+  EXPECT_EQ(default_socket_path(), kDefaultSocketPath);
 }
 
 }  // namespace
