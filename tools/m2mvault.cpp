@@ -270,7 +270,14 @@ void Cli::add_key_queries(CLI::App& key) {
     action = [this] {
       json params = json::object();
       if (!kind.empty()) params["kind"] = kind;
-      json keys = connect(o).call("key.list", params).at("keys");
+      auto client = connect(o);
+      json keys = json::array();
+      while (true) {  // follow the pages
+        json page = client.call("key.list", params);
+        for (auto& k : page.at("keys")) keys.push_back(std::move(k));
+        if (!page.contains("next") || page["next"].is_null()) break;
+        params["after"] = page["next"];
+      }
       if (o.json_output) {
         fmt::print("{}\n", keys.dump(2));
       } else {

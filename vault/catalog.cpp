@@ -271,7 +271,8 @@ class SqliteCatalog final : public Catalog {
         sqlite3_bind_int64(add.get(), 2, row);
         int rc = sqlite3_step(add.get());
         if (rc == SQLITE_CONSTRAINT) {
-          throw Error(ErrorCode::conflict, fmt::format("key name or identifier '{}' already exists", identifier));
+          throw Error(ErrorCode::conflict,
+                      fmt::format("key name or identifier '{}' already exists", identifier));
         }
         if (rc != SQLITE_DONE) fail(db, "set identifier");
       }
@@ -309,6 +310,27 @@ class SqliteCatalog final : public Catalog {
     return select(fmt::format("SELECT {} FROM keys WHERE state = 'active'{} ORDER BY name",
                               kColumns, kind ? " AND kind = ?" : ""),
                   kind ? std::optional<std::string>(std::string(to_string(*kind))) : std::nullopt);
+  }
+
+  std::vector<KeyRecord> list_page(std::optional<KeyKind> kind, const std::string& after,
+                                   std::size_t limit) override {
+    auto reader = borrow();
+    Stmt s = prepare(reader->db.get(),
+                     fmt::format("SELECT {} FROM keys WHERE state = 'active' AND name > ?{} "
+                                 "ORDER BY name LIMIT ?",
+                                 kColumns, kind ? " AND kind = ?" : ""));
+    int i = 1;
+    bind_text(s.get(), i++, std::string_view(after));
+    const std::string kind_text = kind ? std::string(to_string(*kind)) : std::string();
+    if (kind) bind_text(s.get(), i++, std::string_view(kind_text));
+    sqlite3_bind_int64(s.get(), i, static_cast<sqlite3_int64>(limit));
+    std::vector<KeyRecord> out;
+    int rc;
+    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(read_record(s.get()));
+    if (rc != SQLITE_DONE) fail(reader->db.get(), "list");
+    s.reset();
+    give_back(std::move(reader));
+    return out;
   }
 
   std::vector<KeyRecord> pending() override {

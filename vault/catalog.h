@@ -49,6 +49,9 @@ class Catalog {
   virtual std::optional<KeyRecord> find(std::string_view name_or_identifier) = 0;
   // Active keys, ordered by name; all kinds when `kind` is empty.
   virtual std::vector<KeyRecord> list(std::optional<KeyKind> kind = std::nullopt) = 0;
+  // One page of list(): at most `limit` keys whose name sorts after `after`.
+  virtual std::vector<KeyRecord> list_page(std::optional<KeyKind> kind, const std::string& after,
+                                           std::size_t limit) = 0;
   // Rows still pending (for reconciliation at start).
   virtual std::vector<KeyRecord> pending() = 0;
   // Number of active keys.

@@ -204,11 +204,28 @@ json Dispatcher::dispatch(const api::Request& request) {
   }
 
   if (op == "key.list") {
+    // Paged so that a response stays far below the 1 MiB frame limit.
+    constexpr std::size_t kDefaultPage = 500, kMaxPage = 1000;
     std::optional<KeyKind> kind;
     if (auto k = optional_string(p, "kind")) kind = parse_key_kind(*k);
+    std::size_t limit = kDefaultPage;
+    if (const json* l = param(p, "limit")) {
+      if (!l->is_number_integer() || l->get<std::int64_t>() < 1 ||
+          l->get<std::int64_t>() > std::int64_t{kMaxPage}) {
+        throw Error(ErrorCode::invalid_argument,
+                    fmt::format("parameter 'limit' must be 1 to {}", kMaxPage));
+      }
+      limit = l->get<std::size_t>();
+    }
+    auto page = vault_.list_page(kind, optional_string(p, "after").value_or(""), limit + 1);
+    json next = nullptr;
+    if (page.size() > limit) {
+      page.resize(limit);
+      next = page.back().name;
+    }
     json keys = json::array();
-    for (const auto& r : vault_.list(kind)) keys.push_back(key_to_json(r));
-    return {{"keys", std::move(keys)}};
+    for (const auto& r : page) keys.push_back(key_to_json(r));
+    return {{"keys", std::move(keys)}, {"next", std::move(next)}};
   }
 
   if (op == "key.show") return key_to_json(vault_.show(required_string(p, "key")));
@@ -252,7 +269,9 @@ json Dispatcher::dispatch(const api::Request& request) {
     spec.parent = required_string(p, "ke");
     // An empty identity string is allowed: the HMAC input is then the label alone.
     auto subject = optional_string(p, subject_param);
-    if (!subject) throw Error(ErrorCode::invalid_argument, fmt::format("parameter '{}' is required", subject_param));
+    if (!subject)
+      throw Error(ErrorCode::invalid_argument,
+                  fmt::format("parameter '{}' is required", subject_param));
     spec.subject = *subject;
     spec.identifier = optional_string(p, "id");
     spec.name = optional_string(p, "name");

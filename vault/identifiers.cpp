@@ -144,7 +144,8 @@ std::string canonical_identifier(KeyKind kind, std::string_view text) {
 }
 
 std::string encode_relative_key_id(std::span<const std::uint8_t, 16> relative, IdFormat format) {
-  return format == IdFormat::hex ? encoding::hex_encode(relative) : encoding::base64_encode(relative);
+  return format == IdFormat::hex ? encoding::hex_encode(relative)
+                                 : encoding::base64_encode(relative);
 }
 
 std::string canonical_name(std::string_view name) {

@@ -35,7 +35,8 @@ KeyKind parse_key_kind(std::string_view text) {
   }
   throw Error(
       ErrorCode::invalid_argument,
-      fmt::format("unknown key kind '{}' (expected kpsa, kpm, ke, km, kc, e2e, usage or signing)", text));
+      fmt::format("unknown key kind '{}' (expected kpsa, kpm, ke, km, kc, e2e, usage or signing)",
+                  text));
 }
 
 std::string_view to_string(Storage s) {

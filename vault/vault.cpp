@@ -413,6 +413,11 @@ std::vector<KeyRecord> Vault::list(std::optional<KeyKind> kind) {
   return catalog_.list(kind);
 }
 
+std::vector<KeyRecord> Vault::list_page(std::optional<KeyKind> kind, const std::string& after,
+                                        std::size_t limit) {
+  return catalog_.list_page(kind, after, limit);
+}
+
 KeyRecord Vault::find_or_throw(std::string_view key) {
   if (key.empty()) throw Error(ErrorCode::invalid_argument, "no key name or identifier given");
   auto record = catalog_.find(key);

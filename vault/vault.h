@@ -109,6 +109,8 @@ class Vault {
   KeyRecord set_identifier(std::string_view key, const std::string& identifier);
 
   std::vector<KeyRecord> list(std::optional<KeyKind> kind);
+  std::vector<KeyRecord> list_page(std::optional<KeyKind> kind, const std::string& after,
+                                   std::size_t limit);
   KeyRecord show(std::string_view key);
 
   // PEM SubjectPublicKeyInfo of a signing key.

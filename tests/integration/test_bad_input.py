@@ -66,6 +66,9 @@ class ProtocolBadInputTest(DaemonTestCase):
         for op, params in (("key.import", {"kind": "kpsa"}),
                            ("key.import", {"kind": "kpsa", "id": 5, "value": b64(b"x" * 16)}),
                            ("key.show", {}),
+                           ("key.list", {"limit": 0}),
+                           ("key.list", {"limit": 1001}),
+                           ("key.list", {"limit": "ten"}),
                            ("key.import", {"kind": "wizard", "id": "a@b.c", "value": b64(b"x" * 16)})):
             with self.assertRaises(VaultError) as e:
                 conn.call(op, **params)

@@ -106,14 +106,14 @@ class CrashRecoveryTest(unittest.TestCase):
         self.assertEqual(set(states) - {"active"}, set(), f"seed {seed}: {states}")
         labels = daemon.token_objects()
         daemon.start()
-        keys = daemon.connect().call("key.list")["keys"]
+        keys = daemon.connect().list_keys()
         expected = sum(1 for k in keys if k["kind"] == "ke") + 2 * sum(1 for k in keys if k["kind"] == "signing")
         self.assertEqual(labels.count("m2mvault-key"), expected, f"seed {seed}")
         self.assertEqual(labels.count("m2mvault-kek"), 1)
 
     def verify(self, daemon, acknowledged, rng, seed):
         conn = daemon.connect()
-        listed = {k["name"]: k for k in conn.call("key.list")["keys"]}
+        listed = {k["name"]: k for k in conn.list_keys()}
         for name, (kind, value) in acknowledged.items():
             self.assertIn(name, listed, f"seed {seed}: acknowledged key {name} lost")
             if value is not None:

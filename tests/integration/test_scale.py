@@ -1,6 +1,7 @@
 """10,000 Kpsa imported through the API are all usable after a restart, and
 the token holds no persistent object per PSK-kind key."""
 import hashlib
+import json
 import threading
 import unittest
 
@@ -55,6 +56,14 @@ class ScaleTest(unittest.TestCase):
                 self.assertIn("result", resp, resp)
                 self.assertTrue(resp["result"]["matches"])
                 self.assertEqual(resp["result"]["check_value"], check_value(value_of(i)))
+        # key.list pages: all 10,001 keys, each once, in name order.
+        listed = conn.list_keys()
+        self.assertEqual(len(listed), COUNT + 1)
+        names = [k["name"] for k in listed]
+        self.assertEqual(names, sorted(set(names)))
+        self.assertEqual(len(conn.list_keys(kind="kpsa")), COUNT)
+        cli = daemon.cli("key", "list", "--json", check=True)
+        self.assertEqual(len(json.loads(cli.stdout)), COUNT + 1)
         shown = conn.call("key.show", key="AE000000004242-Dev@gw.example.com")
         self.assertEqual(shown["entity"], "AE-4242")
         conn.close()

@@ -77,6 +77,16 @@ class Connection:
         (n,) = struct.unpack(">I", self._read_exact(4))
         return json.loads(self._read_exact(n))
 
+    def list_keys(self, **params):
+        """Every key, following key.list's pages."""
+        keys = []
+        while True:
+            page = self.call("key.list", **params)
+            keys += page["keys"]
+            if page.get("next") is None:
+                return keys
+            params["after"] = page["next"]
+
     def call(self, op, **params):
         rid = self.send(op, **params)
         resp = self.receive()
