@@ -307,36 +307,27 @@ class SqliteCatalog final : public Catalog {
   }
 
   std::vector<KeyRecord> list(std::optional<KeyKind> kind) override {
-    return select(fmt::format("SELECT {} FROM keys WHERE state = 'active'{} ORDER BY name",
-                              kColumns, kind ? " AND kind = ?" : ""),
-                  kind ? std::optional<std::string>(std::string(to_string(*kind))) : std::nullopt);
+    return list_page(kind, "", static_cast<std::size_t>(-1) >> 1);
   }
 
   std::vector<KeyRecord> list_page(std::optional<KeyKind> kind, const std::string& after,
                                    std::size_t limit) override {
-    auto reader = borrow();
-    Stmt s = prepare(reader->db.get(),
-                     fmt::format("SELECT {} FROM keys WHERE state = 'active' AND name > ?{} "
-                                 "ORDER BY name LIMIT ?",
-                                 kColumns, kind ? " AND kind = ?" : ""));
-    int i = 1;
-    bind_text(s.get(), i++, std::string_view(after));
     const std::string kind_text = kind ? std::string(to_string(*kind)) : std::string();
-    if (kind) bind_text(s.get(), i++, std::string_view(kind_text));
-    sqlite3_bind_int64(s.get(), i, static_cast<sqlite3_int64>(limit));
-    std::vector<KeyRecord> out;
-    int rc;
-    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(read_record(s.get()));
-    if (rc != SQLITE_DONE) fail(reader->db.get(), "list");
-    s.reset();
-    give_back(std::move(reader));
-    return out;
+    return select(fmt::format("SELECT {} FROM keys WHERE state = 'active' AND name > ?{} "
+                              "ORDER BY name LIMIT ?",
+                              kColumns, kind ? " AND kind = ?" : ""),
+                  [&](sqlite3_stmt* s) {
+                    int i = 1;
+                    bind_text(s, i++, std::string_view(after));
+                    if (kind) bind_text(s, i++, std::string_view(kind_text));
+                    sqlite3_bind_int64(s, i, static_cast<sqlite3_int64>(limit));
+                  });
   }
 
   std::vector<KeyRecord> pending() override {
     return select(
         fmt::format("SELECT {} FROM keys WHERE state = 'pending' ORDER BY key_id", kColumns),
-        std::nullopt);
+        [](sqlite3_stmt*) {});
   }
 
   std::size_t count() override {
@@ -485,10 +476,12 @@ class SqliteCatalog final : public Catalog {
     readers_.push_back(std::move(reader));
   }
 
-  std::vector<KeyRecord> select(const std::string& sql, const std::optional<std::string>& arg) {
+  // Runs a query returning key rows, with `bind` setting its parameters.
+  std::vector<KeyRecord> select(const std::string& sql,
+                                const std::function<void(sqlite3_stmt*)>& bind) {
     auto reader = borrow();
     Stmt s = prepare(reader->db.get(), sql);
-    if (arg) bind_text(s.get(), 1, std::string_view(*arg));
+    bind(s.get());
     std::vector<KeyRecord> out;
     int rc;
     while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(read_record(s.get()));
