@@ -64,6 +64,11 @@ std::string algorithm_name(hsm::SigningAlgorithm a) {
   return a == hsm::SigningAlgorithm::ec_p256 ? "ec-p256" : "rsa-2048";
 }
 
+// The check value is the first 8 bytes of the MAC, as hex.
+std::string check_value_text(const hsm::Hmac& mac) {
+  return encoding::hex_encode(std::span<const std::uint8_t>(mac.data(), 8));
+}
+
 std::string pem_of(std::span<const std::uint8_t> spki) {
   std::string b64 = encoding::base64_encode(spki);
   std::string pem = "-----BEGIN PUBLIC KEY-----\n";
@@ -85,13 +90,6 @@ std::int64_t system_clock_now() {
 
 Vault::Vault(Catalog& catalog, hsm::SecureElement& se, Clock clock)
     : catalog_(catalog), se_(se), clock_(std::move(clock)) {}
-
-namespace {
-// The check value is the first 8 bytes of the MAC, as hex.
-std::string check_value_text(const hsm::Hmac& mac) {
-  return encoding::hex_encode(std::span<const std::uint8_t>(mac.data(), 8));
-}
-}  // namespace
 
 std::string Vault::check_value_of(const hsm::SecretRef& ref) {
   return check_value_text(
