@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS names(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS names_by_key ON names(key_id);
 CREATE INDEX IF NOT EXISTS keys_by_state ON keys(state);
+-- list_page() walks the active keys in name order, without sorting.
+CREATE INDEX IF NOT EXISTS keys_by_state_name ON keys(state, name);
 )sql";
 
 constexpr const char* kColumns =
@@ -68,8 +70,34 @@ struct StmtFinalizer {
 };
 using Stmt = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
 
+// Resets a long-lived prepared statement when the scope that ran it ends, so
+// no statement stays open (holding a read snapshot or a pending step) after
+// an error.
+class ResetOnExit {
+ public:
+  explicit ResetOnExit(sqlite3_stmt* s) : s_(s) {}
+  ~ResetOnExit() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  ResetOnExit(const ResetOnExit&) = delete;
+  ResetOnExit& operator=(const ResetOnExit&) = delete;
+
+ private:
+  sqlite3_stmt* s_;
+};
+
 [[noreturn]] void fail(sqlite3* db, std::string_view what) {
   throw Error(ErrorCode::internal, fmt::format("catalog: {}: {}", what, sqlite3_errmsg(db)));
+}
+
+[[noreturn]] void already_exists(std::string_view given) {
+  throw Error(ErrorCode::conflict,
+              fmt::format("key name or identifier '{}' already exists", printable_excerpt(given)));
+}
+
+[[noreturn]] void row_gone(std::int64_t row) {
+  throw Error(ErrorCode::not_found, fmt::format("catalog row {} no longer exists", row));
 }
 
 void exec(sqlite3* db, const char* sql) {
@@ -83,6 +111,15 @@ Stmt prepare(sqlite3* db, std::string_view sql) {
     fail(db, "prepare");
   }
   return Stmt(s);
+}
+
+void sync_directory_of(const std::filesystem::path& file) {
+  auto dir = file.parent_path();
+  if (dir.empty()) dir = ".";
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;  // best effort: SQLite syncs the directory again with the WAL
+  ::fsync(fd);
+  ::close(fd);
 }
 
 Db open_db(const std::filesystem::path& path) {
@@ -137,12 +174,18 @@ KeyRecord read_record(sqlite3_stmt* s) {
   KeyRecord r;
   r.row = sqlite3_column_int64(s, 0);
   r.name = column_text(s, 1).value_or("");
-  r.kind = parse_key_kind(column_text(s, 2).value_or(""));
+  try {
+    r.kind = parse_key_kind(column_text(s, 2).value_or(""));
+    r.storage = parse_storage(column_text(s, 7).value_or(""));
+  } catch (const Error& e) {
+    // Only this daemon writes the catalog: a bad value is damage, not bad input.
+    throw Error(ErrorCode::internal, fmt::format("catalog row {} ('{}'): {}", r.row,
+                                                 printable_excerpt(r.name), e.what()));
+  }
   r.identifier = column_text(s, 3);
   r.entity = column_text(s, 4);
   r.created = sqlite3_column_int64(s, 5);
   if (sqlite3_column_type(s, 6) != SQLITE_NULL) r.expires = sqlite3_column_int64(s, 6);
-  r.storage = parse_storage(column_text(s, 7).value_or(""));
   r.blob = column_blob(s, 8);
   r.object_id = column_blob(s, 9);
   r.token_label = column_text(s, 10).value_or("");
@@ -171,9 +214,38 @@ struct Reader {
 class SqliteCatalog final : public Catalog {
  public:
   explicit SqliteCatalog(const std::filesystem::path& path) : path_(path) {
+    try {
+      open_schema();
+    } catch (const Error& e) {
+      std::string_view what = e.what();
+      if (what.find(path.string()) != std::string_view::npos) throw;
+      if (what.starts_with("catalog: ")) what.remove_prefix(9);
+      throw Error(e.code(), fmt::format("catalog {}: {}", path.string(), what));
+    }
+    writer_ = std::thread([this] { write_loop(); });
+  }
+
+  ~SqliteCatalog() override {
+    {
+      std::lock_guard lock(queue_mutex_);
+      stopping_ = true;
+    }
+    queue_cv_.notify_all();
+    writer_.join();
+  }
+
+  // Transactions the writer has committed (one per group).
+  std::uint64_t commits() const { return commits_.load(); }
+
+ private:
+  void open_schema() {
+    const std::filesystem::path& path = path_;
     // The catalog holds metadata and wrapped blobs: readable by the daemon only.
-    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd >= 0) ::close(fd);
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      ::close(fd);
+      sync_directory_of(path);  // the new file's name survives a power cut
+    }
     writer_db_ = open_db(path);
     sqlite3* db = writer_db_.get();
     sqlite3_stmt* raw = nullptr;
@@ -209,18 +281,9 @@ class SqliteCatalog final : public Catalog {
                         "UPDATE keys SET state = 'active', public_key = coalesce(?, public_key) "
                         "WHERE key_id = ?");
     remove_ = prepare(db, "DELETE FROM keys WHERE key_id = ?");
-    writer_ = std::thread([this] { write_loop(); });
   }
 
-  ~SqliteCatalog() override {
-    {
-      std::lock_guard lock(queue_mutex_);
-      stopping_ = true;
-    }
-    queue_cv_.notify_all();
-    writer_.join();
-  }
-
+ public:
   KeyRecord insert(KeyRecord record) override { return insert_as(std::move(record), "active"); }
   KeyRecord insert_pending(KeyRecord record) override {
     return insert_as(std::move(record), "pending");
@@ -229,51 +292,45 @@ class SqliteCatalog final : public Catalog {
   void activate(std::int64_t row, const std::vector<std::uint8_t>& public_key) override {
     write([&](sqlite3* db) {
       sqlite3_stmt* s = activate_.get();
-      sqlite3_reset(s);
+      ResetOnExit reset(s);
       bind_blob(s, 1, public_key);
       sqlite3_bind_int64(s, 2, row);
       if (sqlite3_step(s) != SQLITE_DONE) fail(db, "activate");
+      if (sqlite3_changes(db) == 0) row_gone(row);
     });
   }
 
   void remove(std::int64_t row) override {
     write([&](sqlite3* db) {
       sqlite3_stmt* s = remove_.get();
-      sqlite3_reset(s);
+      ResetOnExit reset(s);
       sqlite3_bind_int64(s, 1, row);
       if (sqlite3_step(s) != SQLITE_DONE) fail(db, "remove");
+      if (sqlite3_changes(db) == 0) row_gone(row);
     });
   }
 
   void set_identifier(std::int64_t row, KeyKind kind, const std::string& identifier) override {
     const std::string canonical = canonical_identifier(kind, identifier);
     write([&](sqlite3* db) {
-      Stmt current = prepare(db, "SELECT name, identifier FROM keys WHERE key_id = ?");
+      Stmt current = prepare(db, "SELECT name FROM keys WHERE key_id = ?");
       sqlite3_bind_int64(current.get(), 1, row);
-      if (sqlite3_step(current.get()) != SQLITE_ROW) {
-        throw Error(ErrorCode::not_found, "the key is gone");
-      }
+      if (sqlite3_step(current.get()) != SQLITE_ROW) row_gone(row);
       const std::string name_canonical = canonical_name(column_text(current.get(), 0).value_or(""));
-      auto old = column_text(current.get(), 1);
       current.reset();
-      if (old) {
-        const std::string old_canonical = canonical_identifier(kind, *old);
-        if (old_canonical != name_canonical) {
-          Stmt drop = prepare(db, "DELETE FROM names WHERE canonical = ? AND key_id = ?");
-          bind_text(drop.get(), 1, old_canonical);
-          sqlite3_bind_int64(drop.get(), 2, row);
-          if (sqlite3_step(drop.get()) != SQLITE_DONE) fail(db, "set identifier");
-        }
-      }
+      // Every entry of the row but its name is the old identifier's.
+      Stmt drop = prepare(db, "DELETE FROM names WHERE key_id = ? AND canonical != ?");
+      sqlite3_bind_int64(drop.get(), 1, row);
+      bind_text(drop.get(), 2, name_canonical);
+      if (sqlite3_step(drop.get()) != SQLITE_DONE) fail(db, "set identifier");
+      drop.reset();
       if (canonical != name_canonical) {
-        Stmt add = prepare(db, "INSERT INTO names(canonical, key_id) VALUES (?, ?)");
-        bind_text(add.get(), 1, canonical);
-        sqlite3_bind_int64(add.get(), 2, row);
-        int rc = sqlite3_step(add.get());
-        if (rc == SQLITE_CONSTRAINT) {
-          throw Error(ErrorCode::conflict,
-                      fmt::format("key name or identifier '{}' already exists", identifier));
-        }
+        sqlite3_stmt* add = insert_name_.get();
+        ResetOnExit reset(add);
+        bind_text(add, 1, canonical);
+        sqlite3_bind_int64(add, 2, row);
+        int rc = sqlite3_step(add);
+        if (rc == SQLITE_CONSTRAINT) already_exists(identifier);
         if (rc != SQLITE_DONE) fail(db, "set identifier");
       }
       Stmt update = prepare(db, "UPDATE keys SET identifier = ? WHERE key_id = ?");
@@ -290,20 +347,14 @@ class SqliteCatalog final : public Catalog {
     } catch (const Error&) {
       return std::nullopt;  // not a valid name, so no key has it
     }
-    auto reader = borrow();
+    Lease reader(*this);
     sqlite3_stmt* s = reader->find.get();
-    sqlite3_reset(s);
+    ResetOnExit reset(s);
     bind_text(s, 1, canonical);
-    std::optional<KeyRecord> result;
     int rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-      result = read_record(s);
-    } else if (rc != SQLITE_DONE) {
-      fail(reader->db.get(), "find");
-    }
-    sqlite3_reset(s);
-    give_back(std::move(reader));
-    return result;
+    if (rc == SQLITE_ROW) return read_record(s);
+    if (rc != SQLITE_DONE) fail(reader->db.get(), "find");
+    return std::nullopt;
   }
 
   std::vector<KeyRecord> list(std::optional<KeyKind> kind) override {
@@ -331,22 +382,17 @@ class SqliteCatalog final : public Catalog {
   }
 
   std::size_t count() override {
-    auto reader = borrow();
+    Lease reader(*this);
     sqlite3_stmt* s = reader->count.get();
-    sqlite3_reset(s);
-    std::size_t n = 0;
-    if (sqlite3_step(s) == SQLITE_ROW) n = static_cast<std::size_t>(sqlite3_column_int64(s, 0));
-    sqlite3_reset(s);
-    give_back(std::move(reader));
-    return n;
+    ResetOnExit reset(s);
+    if (sqlite3_step(s) != SQLITE_ROW) fail(reader->db.get(), "count");
+    return static_cast<std::size_t>(sqlite3_column_int64(s, 0));
   }
-
-  std::uint64_t commits() const { return commits_.load(); }
 
  private:
   KeyRecord insert_as(KeyRecord record, const char* state) {
     if (record.name.empty()) {
-      if (!record.identifier)
+      if (!record.identifier || record.identifier->empty())
         throw Error(ErrorCode::invalid_argument, "a key needs a name or an identifier");
       record.name = *record.identifier;
     }
@@ -359,8 +405,7 @@ class SqliteCatalog final : public Catalog {
     }
     write([&](sqlite3* db) {
       sqlite3_stmt* s = insert_key_.get();
-      sqlite3_reset(s);
-      sqlite3_clear_bindings(s);
+      ResetOnExit reset(s);
       bind_text(s, 1, state);
       bind_text(s, 2, record.name);
       bind_text(s, 3, to_string(record.kind));
@@ -382,14 +427,11 @@ class SqliteCatalog final : public Catalog {
       record.row = sqlite3_last_insert_rowid(db);
       for (const auto& [canonical, given] : names) {
         sqlite3_stmt* n = insert_name_.get();
-        sqlite3_reset(n);
+        ResetOnExit reset_name(n);
         bind_text(n, 1, canonical);
         sqlite3_bind_int64(n, 2, record.row);
         int rc = sqlite3_step(n);
-        if (rc == SQLITE_CONSTRAINT) {
-          throw Error(ErrorCode::conflict,
-                      fmt::format("key name or identifier '{}' already exists", given));
-        }
+        if (rc == SQLITE_CONSTRAINT) already_exists(given);
         if (rc != SQLITE_DONE) fail(db, "insert name");
       }
     });
@@ -451,6 +493,20 @@ class SqliteCatalog final : public Catalog {
     }
   }
 
+  // A read connection for the length of one call; back to the pool after it.
+  class Lease {
+   public:
+    explicit Lease(SqliteCatalog& catalog) : catalog_(catalog), reader_(catalog.borrow()) {}
+    ~Lease() { catalog_.give_back(std::move(reader_)); }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    Reader* operator->() const { return reader_.get(); }
+
+   private:
+    SqliteCatalog& catalog_;
+    std::unique_ptr<Reader> reader_;
+  };
+
   std::unique_ptr<Reader> borrow() {
     {
       std::lock_guard lock(readers_mutex_);
@@ -479,15 +535,13 @@ class SqliteCatalog final : public Catalog {
   // Runs a query returning key rows, with `bind` setting its parameters.
   std::vector<KeyRecord> select(const std::string& sql,
                                 const std::function<void(sqlite3_stmt*)>& bind) {
-    auto reader = borrow();
+    Lease reader(*this);
     Stmt s = prepare(reader->db.get(), sql);
     bind(s.get());
     std::vector<KeyRecord> out;
     int rc;
     while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(read_record(s.get()));
     if (rc != SQLITE_DONE) fail(reader->db.get(), "select");
-    s.reset();
-    give_back(std::move(reader));
     return out;
   }
 
@@ -507,6 +561,12 @@ class SqliteCatalog final : public Catalog {
 }  // namespace
 
 std::unique_ptr<Catalog> Catalog::open(const std::filesystem::path& path) {
+  // The catalog is SQLite's only user in the daemon. Its allocation
+  // statistics take a process-wide mutex on every malloc, which serializes
+  // the readers; turn them off (possible only before SQLite initializes, so
+  // a later call is a harmless SQLITE_MISUSE).
+  static std::once_flag configured;
+  std::call_once(configured, [] { sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); });
   return std::make_unique<SqliteCatalog>(path);
 }
 
@@ -514,9 +574,12 @@ std::unique_ptr<Catalog> Catalog::open(const std::filesystem::path& path) {
 
 namespace m2mvault::vault {
 
-// Test hook (tests/vault): transactions the writer has committed.
 std::uint64_t catalog_commit_count(Catalog& catalog) {
-  return static_cast<SqliteCatalog&>(catalog).commits();
+  auto* sqlite = dynamic_cast<SqliteCatalog*>(&catalog);
+  if (sqlite == nullptr) {
+    throw Error(ErrorCode::internal, "catalog_commit_count() needs the SQLite catalog");
+  }
+  return sqlite->commits();
 }
 
 }  // namespace m2mvault::vault

@@ -35,6 +35,7 @@ class Catalog {
   // remove() drops a row (pending or active), durably.
   virtual KeyRecord insert_pending(KeyRecord record) = 0;
   // activate() marks it active (durable), storing `public_key` when non-empty.
+  // Both throw Error(not_found) when the row no longer exists.
   virtual void activate(std::int64_t row, const std::vector<std::uint8_t>& public_key = {}) = 0;
   virtual void remove(std::int64_t row) = 0;
 
@@ -45,7 +46,9 @@ class Catalog {
   virtual void set_identifier(std::int64_t row, KeyKind kind, const std::string& identifier) = 0;
 
   // Active key whose canonical name or canonical identifier equals the
-  // canonical form of `name_or_identifier`.
+  // canonical form of `name_or_identifier` (canonical_name()). Text that is
+  // not a valid name finds nothing: nullopt, never an exception. Reads use
+  // their own connections and never wait for the writer.
   virtual std::optional<KeyRecord> find(std::string_view name_or_identifier) = 0;
   // Active keys, ordered by name; all kinds when `kind` is empty.
   virtual std::vector<KeyRecord> list(std::optional<KeyKind> kind = std::nullopt) = 0;
@@ -57,5 +60,10 @@ class Catalog {
   // Number of active keys.
   virtual std::size_t count() = 0;
 };
+
+// Transactions the catalog's writer has committed since open(): with group
+// commit, fewer than the writes. For tests and benchmarks; throws
+// Error(internal) for a Catalog that is not the one open() returns.
+std::uint64_t catalog_commit_count(Catalog& catalog);
 
 }  // namespace m2mvault::vault

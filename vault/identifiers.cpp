@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cctype>
 
 #include "api/encoding.h"
 #include "api/error.h"
@@ -14,14 +13,16 @@ namespace {
 constexpr std::size_t kMaxIdentifier = 255;
 constexpr std::size_t kMaxName = 255;
 
+// ASCII only: identifiers are ASCII whatever the process locale is.
 bool is_alnum(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) != 0;
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 }
 
 std::string lower(std::string_view s) {
   std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
   return out;
 }
 
@@ -60,7 +61,7 @@ std::string_view id_term(KeyKind kind) {
 
 [[noreturn]] void invalid(KeyKind kind, std::string_view text, std::string_view why) {
   throw Error(ErrorCode::invalid_argument,
-              fmt::format("invalid {} '{}': {}", id_term(kind), text, why));
+              fmt::format("invalid {} '{}': {}", id_term(kind), printable_excerpt(text), why));
 }
 
 // Relative parts of identifiers the vault takes from outside (KpsaID, KmID,
@@ -101,7 +102,7 @@ std::string canonical_identifier(KeyKind kind, std::string_view text) {
     throw Error(ErrorCode::invalid_argument, "signing keys have names, not oneM2M identifiers");
   }
   if (text.empty()) invalid(kind, text, "empty");
-  if (text.size() > kMaxIdentifier) invalid(kind, text.substr(0, 32), "longer than 255 characters");
+  if (text.size() > kMaxIdentifier) invalid(kind, text, "longer than 255 characters");
   auto at = text.find('@');
   if (at == std::string_view::npos) invalid(kind, text, "expected Relative@FQDN");
   if (text.find('@', at + 1) != std::string_view::npos) invalid(kind, text, "more than one '@'");
@@ -109,7 +110,12 @@ std::string canonical_identifier(KeyKind kind, std::string_view text) {
   std::string_view fqdn = text.substr(at + 1);
   if (relative.empty()) invalid(kind, text, "missing relative part before '@'");
   if (fqdn.empty()) invalid(kind, text, "missing FQDN after '@'");
-  if (!is_valid_fqdn(fqdn)) invalid(kind, text, fmt::format("'{}' is not a valid FQDN", fqdn));
+  if (!is_valid_fqdn(fqdn)) {
+    invalid(kind, text,
+            fmt::format("'{}' is not a valid FQDN (labels of letters, digits and '-', 1 to 63 "
+                        "characters each, not starting or ending with '-')",
+                        printable_excerpt(fqdn)));
+  }
 
   std::string canonical_relative;
   switch (kind) {
@@ -148,22 +154,37 @@ std::string encode_relative_key_id(std::span<const std::uint8_t, 16> relative, I
                                  : encoding::base64_encode(relative);
 }
 
+std::string printable_excerpt(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size() && i < kMaxIdentifier; ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c < 0x7f) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out += fmt::format("\\x{:02x}", c);
+    }
+  }
+  if (text.size() > kMaxIdentifier) out += "...";
+  return out;
+}
+
 std::string canonical_name(std::string_view name) {
   if (name.empty()) throw Error(ErrorCode::invalid_argument, "key name is empty");
   if (name.size() > kMaxName) {
-    throw Error(ErrorCode::invalid_argument,
-                fmt::format("key name '{}...' is longer than 255 characters", name.substr(0, 32)));
+    throw Error(
+        ErrorCode::invalid_argument,
+        fmt::format("key name '{}' is longer than 255 characters", printable_excerpt(name)));
   }
   if (name.front() == '-') {
     throw Error(ErrorCode::invalid_argument,
-                fmt::format("key name '{}' must not start with '-'", name));
+                fmt::format("key name '{}' must not start with '-'", printable_excerpt(name)));
   }
   for (char c : name) {
     if (!(is_alnum(c) || c == '.' || c == '_' || c == '-' || c == '@' || c == '+' || c == '/' ||
           c == '=')) {
-      throw Error(
-          ErrorCode::invalid_argument,
-          fmt::format("key name '{}' may hold only letters, digits and . _ - @ + / =", name));
+      throw Error(ErrorCode::invalid_argument,
+                  fmt::format("key name '{}' may hold only letters, digits and . _ - @ + / =",
+                              printable_excerpt(name)));
     }
   }
   auto parts = split_identifier(name);

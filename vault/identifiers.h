@@ -49,4 +49,8 @@ std::string encode_relative_key_id(std::span<const std::uint8_t, 16> relative, I
 // lowercased); any other name is kept exactly. Throws Error(invalid_argument).
 std::string canonical_name(std::string_view name);
 
+// `text` as an error message quotes it: one line of printable ASCII (other
+// bytes as \xNN), at most 255 characters, then "...".
+std::string printable_excerpt(std::string_view text);
+
 }  // namespace m2mvault::vault

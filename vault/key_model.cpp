@@ -5,6 +5,7 @@
 #include <array>
 
 #include "api/error.h"
+#include "vault/identifiers.h"
 
 namespace m2mvault::vault {
 namespace {
@@ -36,7 +37,7 @@ KeyKind parse_key_kind(std::string_view text) {
   throw Error(
       ErrorCode::invalid_argument,
       fmt::format("unknown key kind '{}' (expected kpsa, kpm, ke, km, kc, e2e, usage or signing)",
-                  text));
+                  printable_excerpt(text)));
 }
 
 std::string_view to_string(Storage s) {
@@ -55,7 +56,9 @@ Storage parse_storage(std::string_view text) {
   if (text == "wrapped") return Storage::wrapped;
   if (text == "token") return Storage::token;
   if (text == "adopted") return Storage::adopted;
-  throw Error(ErrorCode::internal, fmt::format("unknown storage '{}' in the catalog", text));
+  throw Error(ErrorCode::invalid_argument,
+              fmt::format("unknown key storage '{}' (expected wrapped, token or adopted)",
+                          printable_excerpt(text)));
 }
 
 }  // namespace m2mvault::vault

@@ -5,6 +5,7 @@
 #include <ctime>
 
 #include "api/error.h"
+#include "vault/identifiers.h"
 
 namespace m2mvault::vault {
 namespace {
@@ -12,7 +13,7 @@ namespace {
 [[noreturn]] void bad_time(std::string_view text, std::string_view why) {
   throw Error(ErrorCode::invalid_argument,
               fmt::format("invalid RFC 3339 time '{}': {} (expected e.g. 2027-01-31T12:00:00Z)",
-                          text, why));
+                          printable_excerpt(text), why));
 }
 
 // Reads exactly `digits` decimal digits at `pos`.
@@ -88,13 +89,19 @@ std::int64_t parse_rfc3339(std::string_view text) {
   tm.tm_hour = hour;
   tm.tm_min = minute;
   tm.tm_sec = second;
-  return static_cast<std::int64_t>(::timegm(&tm)) - offset;
+  const std::int64_t result = static_cast<std::int64_t>(::timegm(&tm)) - offset;
+  if (result < 0) bad_time(text, "before 1970-01-01T00:00:00Z");
+  return result;
 }
 
 std::string format_rfc3339(std::int64_t unix_seconds) {
   std::time_t t = static_cast<std::time_t>(unix_seconds);
   std::tm tm{};
-  ::gmtime_r(&t, &tm);
+  // Beyond year 9999 (or before year 0) the form is not RFC 3339 any more.
+  if (::gmtime_r(&t, &tm) == nullptr || tm.tm_year + 1900 > 9999 || tm.tm_year + 1900 < 0) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("time {} is outside the years 0000 to 9999", unix_seconds));
+  }
   return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", tm.tm_year + 1900, tm.tm_mon + 1,
                      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
