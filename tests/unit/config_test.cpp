@@ -17,14 +17,14 @@ class ConfigFile : public ::testing::Test {
     char tmpl[] = "/tmp/m2mvault-config-XXXXXX";
     int fd = ::mkstemp(tmpl);
     ::close(fd);
-    path_ = tmpl;
-    std::ofstream(path_) << text;
-    return path_;
+    paths_.emplace_back(tmpl);
+    std::ofstream(paths_.back()) << text;
+    return paths_.back();
   }
   void TearDown() override {
-    if (!path_.empty()) std::filesystem::remove(path_);
+    for (const auto& p : paths_) std::filesystem::remove(p);
   }
-  std::filesystem::path path_;
+  std::vector<std::filesystem::path> paths_;
 };
 
 TEST_F(ConfigFile, DefaultsNeedNoFile) {
