@@ -64,6 +64,14 @@ std::string algorithm_name(hsm::SigningAlgorithm a) {
   return a == hsm::SigningAlgorithm::ec_p256 ? "ec-p256" : "rsa-2048";
 }
 
+// A new key may not be born expired.
+void reject_past_expiry(const std::optional<std::int64_t>& expires, std::int64_t now,
+                        std::string_view what) {
+  if (expires && *expires <= now) {
+    throw Error(ErrorCode::invalid_argument, fmt::format("expiry of {} is in the past", what));
+  }
+}
+
 // The check value is the first 8 bytes of the MAC, as hex.
 std::string check_value_text(const hsm::Hmac& mac) {
   return encoding::hex_encode(std::span<const std::uint8_t>(mac.data(), 8));
@@ -174,10 +182,7 @@ KeyRecord Vault::import_key(const ImportSpec& spec, std::span<const std::uint8_t
                             kMaxSecretBytes, secret.size()));
   }
   const std::int64_t now = clock_();
-  if (spec.expires && *spec.expires <= now) {
-    throw Error(ErrorCode::invalid_argument,
-                fmt::format("expiry of '{}' is in the past", spec.identifier));
-  }
+  reject_past_expiry(spec.expires, now, fmt::format("'{}'", spec.identifier));
   KeyRecord record;
   record.kind = spec.kind;
   record.identifier = spec.identifier;
@@ -258,9 +263,7 @@ KeyRecord Vault::derive(const DeriveSpec& spec) {
   }
   const std::vector<std::uint8_t> input = derivation_input(spec);
   const std::int64_t now = clock_();
-  if (spec.expires && *spec.expires <= now) {
-    throw Error(ErrorCode::invalid_argument, "expiry of the derived key is in the past");
-  }
+  reject_past_expiry(spec.expires, now, "the derived key");
   KeyRecord record;
   switch (spec.derivation) {
     case Derivation::master_credential:
@@ -353,10 +356,7 @@ KeyRecord Vault::set_identifier(std::string_view key, const std::string& identif
 
 KeyRecord Vault::generate_signing_key(const GenerateSpec& spec) {
   const std::int64_t now = clock_();
-  if (spec.expires && *spec.expires <= now) {
-    throw Error(ErrorCode::invalid_argument,
-                fmt::format("expiry of '{}' is in the past", spec.name));
-  }
+  reject_past_expiry(spec.expires, now, fmt::format("'{}'", spec.name));
   KeyRecord record;
   record.kind = KeyKind::signing;
   record.name = spec.name;
