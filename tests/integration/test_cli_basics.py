@@ -1,11 +1,12 @@
 """The walking skeleton end to end: the CLI against a real daemon and token."""
+import base64
 import hashlib
 import os
 import subprocess
 import tempfile
 import unittest
 
-from vaultlib import CLOCK_AE1, CLOCK_AE2, DaemonTestCase, b64, check_value
+from vaultlib import CLOCK_AE1, CLOCK_AE2, DaemonTestCase, b64, check_value, openssl_verify
 
 
 def openssl(*args, input=None):
@@ -70,17 +71,11 @@ class TR0038TableTest(DaemonTestCase):
         conn = self.daemon.connect()
         sig = conn.call("sign", key="mn-cse-123456", scheme="ecdsa", digest=b64(digest))["signature"]
         conn.close()
-        import base64
-        with tempfile.TemporaryDirectory() as d:
-            for name, data in (("pub.pem", pem), ("msg", message), ("sig", base64.b64decode(sig)),
-                               ("other", b"another message")):
-                with open(os.path.join(d, name), "wb") as f:
-                    f.write(data)
-            ok = openssl("dgst", "-sha256", "-verify", f"{d}/pub.pem", "-signature", f"{d}/sig", f"{d}/msg")
-            self.assertEqual(ok.returncode, 0, ok.stdout + ok.stderr)
-            self.assertIn(b"Verified OK", ok.stdout)
-            bad = openssl("dgst", "-sha256", "-verify", f"{d}/pub.pem", "-signature", f"{d}/sig", f"{d}/other")
-            self.assertNotEqual(bad.returncode, 0)
+        ok = openssl_verify(pem, message, base64.b64decode(sig))
+        self.assertEqual(ok.returncode, 0, ok.stdout + ok.stderr)
+        self.assertIn(b"Verified OK", ok.stdout)
+        bad = openssl_verify(pem, b"another message", base64.b64decode(sig))
+        self.assertNotEqual(bad.returncode, 0)
 
     def test_status_names_the_backend(self):
         status = self.daemon.cli_json("status")

@@ -7,13 +7,11 @@ import hashlib
 import os
 import random
 import sqlite3
-import subprocess
-import tempfile
 import threading
 import time
 import unittest
 
-from vaultlib import Daemon, VaultError, b64, check_value
+from vaultlib import Daemon, VaultError, b64, check_value, openssl_verify
 
 ROUNDS = int(os.environ.get("M2MVAULT_CRASH_ROUNDS", "6"))
 
@@ -65,13 +63,7 @@ def verify_signing_key(daemon, name):
     message = b"crash test " + name.encode()
     sig = base64.b64decode(conn.call("sign", key=name, digest=b64(hashlib.sha256(message).digest()))["signature"])
     conn.close()
-    with tempfile.TemporaryDirectory() as d:
-        for fname, data in (("pub.pem", pem.encode()), ("msg", message), ("sig", sig)):
-            with open(os.path.join(d, fname), "wb") as f:
-                f.write(data)
-        p = subprocess.run(["openssl", "dgst", "-sha256", "-verify", f"{d}/pub.pem", "-signature", f"{d}/sig",
-                            f"{d}/msg"], capture_output=True)
-        return p.returncode == 0
+    return openssl_verify(pem, message, sig).returncode == 0
 
 
 class CrashRecoveryTest(unittest.TestCase):

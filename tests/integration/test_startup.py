@@ -4,11 +4,9 @@ import base64
 import hashlib
 import os
 import subprocess
-import tempfile
-import time
 import unittest
 
-from vaultlib import DAEMON, SOFTHSM2, Daemon, VaultError, b64
+from vaultlib import DAEMON, SOFTHSM2, Daemon, VaultError, b64, openssl_verify
 
 
 def tree_digest(root):
@@ -146,13 +144,8 @@ class AdoptTest(unittest.TestCase):
         message = b"adopted key test"
         conn = daemon.connect()
         sig = base64.b64decode(conn.call("sign", key="device", digest=b64(hashlib.sha256(message).digest()))["signature"])
-        with tempfile.TemporaryDirectory() as d:
-            for name, data in (("pub.pem", pem), ("msg", message), ("sig", sig)):
-                with open(os.path.join(d, name), "wb") as f:
-                    f.write(data)
-            v = subprocess.run(["openssl", "dgst", "-sha256", "-verify", f"{d}/pub.pem", "-signature", f"{d}/sig",
-                                f"{d}/msg"], capture_output=True)
-            self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+        v = openssl_verify(pem, message, sig)
+        self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
         with self.assertRaises(VaultError) as e:
             conn.call("key.adopt", name="ghost", token_label="vendor", object="no-such-key")
         self.assertEqual(e.exception.code, "not_found")

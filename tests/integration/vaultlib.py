@@ -32,6 +32,19 @@ def check_value(key: bytes) -> str:
     return hmac.new(key, b"m2mvault key check value", hashlib.sha256).hexdigest()[:16]
 
 
+def openssl_verify(pem, message: bytes, signature: bytes):
+    """`openssl dgst -sha256 -verify` of a vault signature: the independent
+    check. Returns the completed process (returncode 0 and "Verified OK")."""
+    if isinstance(pem, str):
+        pem = pem.encode()
+    with tempfile.TemporaryDirectory() as d:
+        for name, data in (("pub.pem", pem), ("msg", message), ("sig", signature)):
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(data)
+        return subprocess.run(["openssl", "dgst", "-sha256", "-verify", f"{d}/pub.pem", "-signature", f"{d}/sig",
+                               f"{d}/msg"], capture_output=True, timeout=60)
+
+
 class VaultError(Exception):
     def __init__(self, code, message):
         super().__init__(f"{code}: {message}")
