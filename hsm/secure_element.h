@@ -11,8 +11,11 @@
 // All methods are thread-safe. All failures throw hsm::Error.
 #pragma once
 
+#include <openssl/types.h>
+
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <variant>
@@ -142,6 +145,11 @@ class SecureElement {
 
   // The public key of a token key pair, DER SubjectPublicKeyInfo.
   virtual Bytes public_key(const TokenKeyRef& key) = 0;
+
+  // The private key as an EVP_PKEY whose private operations run inside the
+  // token, for libssl in a handshake the daemon runs and for signing a CSR.
+  // Its private half is never readable.
+  virtual std::shared_ptr<EVP_PKEY> private_key(const TokenKeyRef& key) = 0;
 };
 
 }  // namespace m2mvault::hsm

@@ -20,7 +20,9 @@
 namespace m2mvault::vault {
 namespace {
 
-constexpr int kSchemaVersion = 1;
+// 1: the walking skeleton. 2: `peer` (whom a handshake-exported key is
+// shared with) and `certificate` (a signing key's PEM chain).
+constexpr int kSchemaVersion = 2;
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS keys(
@@ -41,7 +43,9 @@ CREATE TABLE IF NOT EXISTS keys(
   algorithm    TEXT,
   length       INTEGER NOT NULL DEFAULT 0,
   check_value  TEXT,
-  parent       TEXT
+  parent       TEXT,
+  peer         TEXT,
+  certificate  TEXT
 );
 -- Names and identifiers share one namespace: each key's canonical name and
 -- canonical identifier (once when equal) point at its row.
@@ -58,7 +62,7 @@ CREATE INDEX IF NOT EXISTS keys_by_state_name ON keys(state, name);
 constexpr const char* kColumns =
     "key_id, name, kind, identifier, entity, created, expires, storage, blob, object_id, "
     "token_label, "
-    "object_label, public_key, algorithm, length, check_value, parent";
+    "object_label, public_key, algorithm, length, check_value, parent, peer, certificate";
 
 struct DbCloser {
   void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
@@ -195,6 +199,8 @@ KeyRecord read_record(sqlite3_stmt* s) {
   r.length = static_cast<std::size_t>(sqlite3_column_int64(s, 14));
   r.check_value = column_text(s, 15);
   r.parent = column_text(s, 16);
+  r.peer = column_text(s, 17);
+  r.certificate = column_text(s, 18);
   return r;
 }
 
@@ -267,6 +273,10 @@ class SqliteCatalog final : public Catalog {
                               path.string(), found, kSchemaVersion));
     }
     exec(db, "BEGIN IMMEDIATE");
+    if (found == 1) {
+      exec(db, "ALTER TABLE keys ADD COLUMN peer TEXT");
+      exec(db, "ALTER TABLE keys ADD COLUMN certificate TEXT");
+    }
     exec(db, kSchema);
     exec(db, fmt::format("PRAGMA user_version = {}", kSchemaVersion).c_str());
     exec(db, "COMMIT");
@@ -275,7 +285,7 @@ class SqliteCatalog final : public Catalog {
         db,
         "INSERT INTO keys(state, name, kind, identifier, entity, created, expires, storage, "
         "blob, object_id, token_label, object_label, public_key, algorithm, length, "
-        "check_value, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+        "check_value, parent, peer, certificate) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     insert_name_ = prepare(db, "INSERT INTO names(canonical, key_id) VALUES (?, ?)");
     activate_ = prepare(db,
                         "UPDATE keys SET state = 'active', public_key = coalesce(?, public_key) "
@@ -337,6 +347,16 @@ class SqliteCatalog final : public Catalog {
       bind_text(update.get(), 1, identifier);
       sqlite3_bind_int64(update.get(), 2, row);
       if (sqlite3_step(update.get()) != SQLITE_DONE) fail(db, "set identifier");
+    });
+  }
+
+  void set_certificate(std::int64_t row, const std::string& pem) override {
+    write([&](sqlite3* db) {
+      Stmt update = prepare(db, "UPDATE keys SET certificate = ? WHERE key_id = ?");
+      bind_text(update.get(), 1, pem);
+      sqlite3_bind_int64(update.get(), 2, row);
+      if (sqlite3_step(update.get()) != SQLITE_DONE) fail(db, "set certificate");
+      if (sqlite3_changes(db) == 0) row_gone(row);
     });
   }
 
@@ -423,6 +443,8 @@ class SqliteCatalog final : public Catalog {
       sqlite3_bind_int64(s, 15, static_cast<sqlite3_int64>(record.length));
       bind_optional(s, 16, record.check_value);
       bind_optional(s, 17, record.parent);
+      bind_optional(s, 18, record.peer);
+      bind_optional(s, 19, record.certificate);
       if (sqlite3_step(s) != SQLITE_DONE) fail(db, "insert");
       record.row = sqlite3_last_insert_rowid(db);
       for (const auto& [canonical, given] : names) {

@@ -45,6 +45,10 @@ class Catalog {
   // also the name.
   virtual void set_identifier(std::int64_t row, KeyKind kind, const std::string& identifier) = 0;
 
+  // Attaches a signing key's certificate chain (PEM, leaf first), replacing
+  // any earlier one. Throws Error(not_found) when the row no longer exists.
+  virtual void set_certificate(std::int64_t row, const std::string& pem) = 0;
+
   // Active key whose canonical name or canonical identifier equals the
   // canonical form of `name_or_identifier` (canonical_name()). Text that is
   // not a valid name finds nothing: nullopt, never an exception. Reads use

@@ -104,6 +104,14 @@ std::string canonical_identifier(KeyKind kind, std::string_view text) {
   if (text.empty()) invalid(kind, text, "empty");
   if (text.size() > kMaxIdentifier) invalid(kind, text, "longer than 255 characters");
   auto at = text.find('@');
+  if (at == std::string_view::npos && kind == KeyKind::e2e) {
+    // pairwiseE2EKeyID (TS-0003 10.3.1) is the 16 bytes alone: no FQDN.
+    if (is_hex16(text)) return lower(text);
+    if (is_base64_16(text)) return std::string(text);
+    invalid(kind, text,
+            "expected encode(16 bytes) as base64 (24 characters, padded) or 32 hex digits, "
+            "optionally followed by @FQDN");
+  }
   if (at == std::string_view::npos) invalid(kind, text, "expected Relative@FQDN");
   if (text.find('@', at + 1) != std::string_view::npos) invalid(kind, text, "more than one '@'");
   std::string_view relative = text.substr(0, at);

@@ -3,7 +3,8 @@
 // Syntax `Relative@FQDN`. The relative part depends on the kind:
 //  - kpsa, km, kpm: letters, digits, '.', '_', '-'.
 //  - ke, kc, e2e: encode(16 bytes): base64 (RFC 4648, padded, 24 chars) or
-//    hexBinary (32 hex digits).
+//    hexBinary (32 hex digits). A pairwiseE2EKeyID may be the encoded 16
+//    bytes alone, without `@FQDN`.
 // Canonical form (the catalog's unique key): FQDN lowercased; relative part
 // exact, except hexBinary relative parts, which are lowercased.
 #pragma once

@@ -49,6 +49,8 @@ struct KeyRecord {
   std::size_t length = 0;                  // symmetric keys: length in bytes
   std::optional<std::string> check_value;  // symmetric keys: 16 lowercase hex digits
   std::optional<std::string> parent;       // name of the key it was derived from
+  std::optional<std::string> peer;         // handshake-exported keys: whom the key is shared with
+  std::optional<std::string> certificate;  // signing keys: PEM chain, leaf first
 };
 
 }  // namespace m2mvault::vault

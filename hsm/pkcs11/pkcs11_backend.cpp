@@ -211,6 +211,10 @@ class Pkcs11Backend final : public SecureElement {
     return sign_digest_with(pkey.get(), scheme, digest);
   }
 
+  std::shared_ptr<EVP_PKEY> private_key(const TokenKeyRef& key) override {
+    return signer_->private_key(key);
+  }
+
   Bytes public_key(const TokenKeyRef& key) override {
     Bytes spki;
     with_session(key.token_label, [&](CK_SESSION_HANDLE session) {
