@@ -19,6 +19,7 @@ enum class ErrorCode {
   unsupported,
   backend_unavailable,
   internal,
+  handshake_failed,  // a TLS handshake the daemon ran failed (peer refused or not verified)
 };
 
 constexpr std::string_view to_string(ErrorCode code) {
@@ -39,15 +40,18 @@ constexpr std::string_view to_string(ErrorCode code) {
       return "backend_unavailable";
     case ErrorCode::internal:
       return "internal";
+    case ErrorCode::handshake_failed:
+      return "handshake_failed";
   }
   return "internal";
 }
 
 // Parses a wire code; unknown strings give nullopt (a newer daemon's code).
 inline std::optional<ErrorCode> error_code_from_string(std::string_view s) {
-  for (auto c : {ErrorCode::invalid_argument, ErrorCode::not_found, ErrorCode::denied,
-                 ErrorCode::conflict, ErrorCode::expired, ErrorCode::unsupported,
-                 ErrorCode::backend_unavailable, ErrorCode::internal}) {
+  for (auto c :
+       {ErrorCode::invalid_argument, ErrorCode::not_found, ErrorCode::denied, ErrorCode::conflict,
+        ErrorCode::expired, ErrorCode::unsupported, ErrorCode::backend_unavailable,
+        ErrorCode::internal, ErrorCode::handshake_failed}) {
     if (to_string(c) == s) return c;
   }
   return std::nullopt;

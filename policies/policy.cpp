@@ -26,6 +26,11 @@ constexpr std::array kOperations{
     OperationGrant{"key.delete", Grant::key_delete},
     OperationGrant{"key.derive", Grant::derive},
     OperationGrant{"sign", Grant::sign},
+    OperationGrant{"cert.csr", Grant::sign},
+    OperationGrant{"cert.import", Grant::key_create},
+    OperationGrant{"handshake.start", Grant::handshake},
+    OperationGrant{"handshake.step", Grant::handshake},
+    OperationGrant{"handshake.abort", Grant::handshake},
 };
 
 }  // namespace

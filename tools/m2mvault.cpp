@@ -20,6 +20,7 @@
 #include "api/client.h"
 #include "api/encoding.h"
 #include "api/error.h"
+#include "tools/tls_relay.h"
 
 namespace {
 
@@ -47,6 +48,8 @@ int exit_status(ErrorCode code) {
       return 16;
     case ErrorCode::internal:
       return 17;
+    case ErrorCode::handshake_failed:
+      return 18;
   }
   return 1;
 }
@@ -66,12 +69,23 @@ std::string text_or_dash(const json& j, const char* field) {
 }
 
 void print_key_human(const json& key) {
-  static const char* kFields[] = {"name",    "kind",        "id",       "entity",      "created",
-                                  "expires", "storage",     "length",   "check_value", "algorithm",
-                                  "parent",  "token_label", "object_id"};
+  static const char* kFields[] = {"name",    "kind",    "id",          "entity",      "created",
+                                  "expires", "storage", "length",      "check_value", "algorithm",
+                                  "parent",  "peer",    "token_label", "object_id"};
   for (const char* field : kFields) {
     if (key.contains(field))
       fmt::print("{:<12} {}\n", std::string(field) + ":", text_or_dash(key, field));
+  }
+  if (key.contains("certificate")) {
+    const json& c = key["certificate"];
+    std::string san;
+    for (const auto& s : c.value("san", json::array()))
+      san += (san.empty() ? "" : ", ") + s.get<std::string>();
+    fmt::print(
+        "certificate: {}\n  issuer:    {}\n  valid:     {} .. {}\n  san:       {}\n  chain:     {} "
+        "certificate(s)\n",
+        text_or_dash(c, "subject"), text_or_dash(c, "issuer"), text_or_dash(c, "not_before"),
+        text_or_dash(c, "not_after"), san.empty() ? "-" : san, text_or_dash(c, "chain_length"));
   }
 }
 
@@ -149,7 +163,270 @@ struct Cli {
   void add_key_queries(CLI::App& key);
   void add_key_set_id(CLI::App& key);
   void add_derive(CLI::App& app);
+
+  // enrol / maf-handshake / escertke / cert
+  std::string peer_address, fqdn, psk_key, signing_key, peer_name, root_of_trust, ca_file;
+  std::string id_format, target, peer, ciphers, session, message, subject_dn, out_file, cert_file;
+  std::vector<std::string> sans;
+  bool message_mode = false;
+  int timeout_s = 30;
+
+  void add_handshake_common(CLI::App* cmd, bool certificate_only);
+  json handshake_params(const std::string& procedure) const;
+  void run_tcp_handshake(const std::string& procedure, bool listen);
+  void print_handshake_result(const json& progress) const;
+  void print_message(const json& progress) const;
+  void add_enrol(CLI::App& app);
+  void add_maf_handshake(CLI::App& app);
+  void add_escertke(CLI::App& app);
+  void add_cert(CLI::App& app);
 };
+
+std::string read_text_file(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(ErrorCode::invalid_argument, fmt::format("cannot read {} '{}'", what, path));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void Cli::add_handshake_common(CLI::App* cmd, bool certificate_only) {
+  cmd->add_option("--key", signing_key,
+                  certificate_only
+                      ? "Signing key (with a certificate attached) to authenticate with"
+                      : "Certificate variant: the signing key (with a certificate "
+                        "attached) to authenticate with");
+  cmd->add_option("--peer-name", peer_name,
+                  "The peer's Certificate Name: must equal a subjectAltName DNS/URI entry or the "
+                  "Subject CN of its certificate (TS-0003 8.1.1.2.2), e.g. "
+                  "my.m2mprovider.org/in-cse");
+  cmd->add_option("--root-of-trust", root_of_trust,
+                  "SHA-256 (64 hex digits) of the DER SubjectPublicKeyInfo of the peer's root CA, "
+                  "or of its self-signed certificate");
+  cmd->add_option("--ca", ca_file,
+                  "PEM file with the certificate carrying the Root of Trust, for peers that do not "
+                  "send it (by default the peer's chain and the key's own chain are searched)");
+  cmd->add_option("--name", name, "Name of the stored key (default: its identifier)");
+  cmd->add_option("--expires", expires,
+                  "Expiry of the stored key, RFC 3339 (default: docs/HANDSHAKES.md; never later "
+                  "than the credential's)");
+  cmd->add_option("--id-format", id_format, "encode() of the key id: base64 or hex")
+      ->check(CLI::IsMember({"base64", "hex"}));
+  cmd->add_option("--ciphers", ciphers, "OpenSSL cipher list (default: the oneM2M suite)");
+  cmd->add_option("--timeout", timeout_s, "Seconds to wait for the peer (TCP mode)")
+      ->check(CLI::Range(1, 3600));
+  cmd->add_flag("--json", o.json_output, "Print the stored key as JSON");
+}
+
+json Cli::handshake_params(const std::string& procedure) const {
+  json p = {{"procedure", procedure}};
+  auto put = [&p](const char* field, const std::string& value) {
+    if (!value.empty()) p[field] = value;
+  };
+  put("psk_key", psk_key);
+  put("key", signing_key);
+  put("peer_name", peer_name);
+  put("root_of_trust", root_of_trust);
+  if (!ca_file.empty()) p["anchors"] = read_text_file(ca_file, "CA file");
+  put("fqdn", fqdn);
+  put("id_format", id_format);
+  put("expires", expires);
+  put("target", target);
+  put("peer", peer);
+  put("name", name);
+  put("cipher_suites", ciphers);
+  return p;
+}
+
+void Cli::print_handshake_result(const json& progress) const {
+  const json& key = progress.at("key");
+  if (o.json_output) {
+    json out = key;
+    out["cipher"] = progress.value("cipher", "");
+    fmt::print("{}\n", out.dump(2));
+  } else {
+    fmt::print("id:          {}\ncheck_value: {}\nname:        {}\nexpires:     {}\n",
+               text_or_dash(key, "id"), text_or_dash(key, "check_value"), text_or_dash(key, "name"),
+               text_or_dash(key, "expires"));
+  }
+}
+
+void Cli::run_tcp_handshake(const std::string& procedure, bool listen) {
+  const auto timeout = std::chrono::seconds(timeout_s);
+  json params = handshake_params(procedure);
+  auto client = connect(o);
+  // Started first: a bad credential or peer check fails before any connection.
+  json started = client.call("handshake.start", params);
+  int fd = -1;
+  try {
+    fd = listen ? m2mvault::tools::accept_one(peer_address, timeout)
+                : m2mvault::tools::connect_tcp(peer_address, timeout);
+  } catch (const Error&) {
+    try {
+      client.call("handshake.abort", {{"session", started.at("session")}});
+    } catch (const Error&) {
+    }
+    throw;
+  }
+  print_handshake_result(m2mvault::tools::relay_handshake(client, fd, std::move(started), timeout));
+}
+
+// Message mode: the bytes of an ESCertKE message, for the caller to carry
+// inside a oneM2M primitive (e.g. an <e2EKeyCSE> resource).
+void Cli::print_message(const json& progress) const {
+  if (o.json_output) {
+    fmt::print("{}\n", progress.dump(2));
+    return;
+  }
+  fmt::print("session: {}\nmessage: {}\n", text_or_dash(progress, "session"),
+             text_or_dash(progress, "output"));
+  if (progress.value("done", false)) {
+    const json& key = progress.at("key");
+    fmt::print("id:          {}\ncheck_value: {}\nname:        {}\n", text_or_dash(key, "id"),
+               text_or_dash(key, "check_value"), text_or_dash(key, "name"));
+  }
+}
+
+void Cli::add_enrol(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "enrol",
+      "Enrolment, Enrolee side (TS-0003 8.3.2): a TLS 1.2 handshake with the MEF run by the "
+      "daemon; exports EXPORTER-oneM2M-Bootstrap (48 bytes) and stores Ke with KeId = "
+      "encode(first 16 bytes)@MEF-FQDN. The Ke never leaves the token.");
+  cmd->add_option("--mef", peer_address, "The MEF's host:port")->required();
+  cmd->add_option("--mef-fqdn", fqdn, "MEF-FQDN (KeId's domain, and the SNI)")->required();
+  cmd->add_option("--kpm", psk_key, "PSK variant: the Kpm, by KpmId or name");
+  add_handshake_common(cmd, false);
+  cmd->callback([this] { action = [this] { run_tcp_handshake("enrolment", false); }; });
+}
+
+void Cli::add_maf_handshake(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "maf-handshake",
+      "MAF handshake, Entity A side (TS-0003 8.2.2.3): a TLS 1.2 handshake with the MAF run by the "
+      "daemon; exports EXPORTER-oneM2M-Connection (48 bytes) and stores Kc with KcId = "
+      "encode(first 16 bytes)@MAF-FQDN.");
+  cmd->add_option("--maf", peer_address, "The MAF's host:port")->required();
+  cmd->add_option("--maf-fqdn", fqdn, "MAF-FQDN (KcId's domain, and the SNI)")->required();
+  cmd->add_option("--km", psk_key, "PSK variant: the Km, by KmId or name");
+  cmd->add_option("--target", target, "The AE-ID or CSE-ID the Kc is to be used with");
+  add_handshake_common(cmd, false);
+  cmd->callback([this] { action = [this] { run_tcp_handshake("maf", false); }; });
+}
+
+void Cli::add_escertke(CLI::App& app) {
+  auto* escertke = app.add_subcommand(
+      "escertke",
+      "End-to-End Certificate-based Key Establishment (TS-0003 8.7.2.2): four TLS 1.2 handshake "
+      "messages; both End-Points export EXPORTER-oneM2M-ESCertKE and store the pairwiseE2EKey. "
+      "TCP mode (--connect/--listen) carries the messages itself; message mode prints each "
+      "message (base64) for a CSE to carry in a oneM2M primitive.");
+  escertke->require_subcommand(1);
+
+  auto* initiate = escertke->add_subcommand("initiate", "As the Initiating End-Point");
+  auto* connect_opt =
+      initiate->add_option("--connect", peer_address, "TCP mode: the Terminating End-Point");
+  auto* mm = initiate->add_flag("--message-mode", message_mode,
+                                "Print ESCertKE message 1 and a session to continue with "
+                                "'escertke process'");
+  connect_opt->excludes(mm);
+  initiate->add_option("--peer", peer,
+                       "The Terminating End-Point's identity, associated with the key (default: "
+                       "the Certificate Name)");
+  add_handshake_common(initiate, true);
+  initiate->callback([this] {
+    action = [this] {
+      if (message_mode) {
+        print_message(connect(o).call("handshake.start", handshake_params("escertke-initiate")));
+      } else if (!peer_address.empty()) {
+        run_tcp_handshake("escertke-initiate", false);
+      } else {
+        throw Error(ErrorCode::invalid_argument, "give --connect HOST:PORT or --message-mode");
+      }
+    };
+  });
+
+  auto* respond = escertke->add_subcommand("respond", "As the Terminating End-Point");
+  auto* listen_opt =
+      respond->add_option("--listen", peer_address, "TCP mode: accept one Initiating End-Point");
+  auto* msg = respond->add_option("--message", message,
+                                  "Message mode: ESCertKE message 1 (base64); prints message 2 "
+                                  "and a session to continue with 'escertke process'");
+  listen_opt->excludes(msg);
+  respond->add_option("--peer", peer,
+                      "The Initiating End-Point's identity, associated with the key (default: "
+                      "the Certificate Name)");
+  add_handshake_common(respond, true);
+  respond->callback([this] {
+    action = [this] {
+      if (!message.empty()) {
+        json params = handshake_params("escertke-respond");
+        params["input"] = message;
+        print_message(connect(o).call("handshake.start", params));
+      } else if (!peer_address.empty()) {
+        run_tcp_handshake("escertke-respond", true);
+      } else {
+        throw Error(ErrorCode::invalid_argument, "give --listen HOST:PORT or --message");
+      }
+    };
+  });
+
+  auto* process = escertke->add_subcommand(
+      "process", "Message mode: feed the peer's message to a session; prints the next message");
+  process->add_option("--session", session, "The session 'initiate' or 'respond' printed")
+      ->required();
+  process->add_option("--message", message, "The peer's message (base64)")->required();
+  process->add_flag("--json", o.json_output, "Print JSON");
+  process->callback([this] {
+    action = [this] {
+      print_message(connect(o).call("handshake.step", {{"session", session}, {"input", message}}));
+    };
+  });
+
+  auto* abort = escertke->add_subcommand("abort", "Message mode: end a session unfinished");
+  abort->add_option("--session", session, "The session")->required();
+  abort->callback([this] {
+    action = [this] { connect(o).call("handshake.abort", {{"session", session}}); };
+  });
+}
+
+void Cli::add_cert(CLI::App& app) {
+  auto* cert = app.add_subcommand("cert", "Certificates of signing keys (TR-0038 Annex B)");
+  cert->require_subcommand(1);
+
+  auto* csr = cert->add_subcommand(
+      "csr", "Print a PKCS#10 request for a signing key, signed inside the token");
+  csr->add_option("--key", key_ref, "The signing key")->required();
+  csr->add_option("--subject", subject_dn, "Subject, e.g. /C=DE/O=Provider/CN=mn-cse")->required();
+  csr->add_option("--san", sans,
+                  "subjectAltName entry, repeatable: DNS:my.m2mprovider.org/mn-cse, URI:...");
+  csr->add_option("--out", out_file, "Write the request here instead of stdout");
+  csr->callback([this] {
+    action = [this] {
+      json params = {{"key", key_ref}, {"subject", subject_dn}, {"san", sans}};
+      const std::string pem = connect(o).call("cert.csr", params).at("pem").get<std::string>();
+      if (out_file.empty()) {
+        fmt::print("{}", pem);
+      } else {
+        std::ofstream out(out_file, std::ios::binary | std::ios::trunc);
+        out << pem;
+        if (!out.flush())
+          throw Error(ErrorCode::invalid_argument, fmt::format("cannot write '{}'", out_file));
+      }
+    };
+  });
+
+  auto* import = cert->add_subcommand(
+      "import", "Attach the issued certificate (PEM, leaf first, then its chain) to a signing key");
+  import->add_option("--key", key_ref, "The signing key")->required();
+  import->add_option("file", cert_file, "PEM file")->required();
+  import->add_flag("--json", o.json_output, "Print the key as JSON");
+  import->callback([this] {
+    action = [this] {
+      json params = {{"key", key_ref}, {"pem", read_text_file(cert_file, "certificate file")}};
+  emit_key(o, connect(o).call("cert.import", params));
+};
+}  // namespace
+);
+}
 
 void Cli::add_status(CLI::App& app) {
   auto* cmd = app.add_subcommand("status", "Show the daemon's backend, token and key count");
@@ -446,6 +723,10 @@ int main(int argc, char** argv) {
   cli.add_key_queries(*key);
   cli.add_key_set_id(*key);
   cli.add_derive(app);
+  cli.add_enrol(app);
+  cli.add_maf_handshake(app);
+  cli.add_escertke(app);
+  cli.add_cert(app);
 
   try {
     app.parse(argc, argv);

@@ -48,6 +48,10 @@ void read(const std::filesystem::path& file, const toml::table& table, std::stri
     auto v = node->value<std::int64_t>();
     if (!v || *v <= 0) bad(file, *node, fmt::format("'{}' must be a positive integer", key));
     out = std::chrono::milliseconds(*v);
+  } else if constexpr (std::is_same_v<T, std::chrono::seconds>) {
+    auto v = node->value<std::int64_t>();
+    if (!v || *v <= 0) bad(file, *node, fmt::format("'{}' must be a positive integer", key));
+    out = std::chrono::seconds(*v);
   }
 }
 
@@ -65,10 +69,11 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
     throw Error(ErrorCode::invalid_argument,
                 fmt::format("{}:{}: {}", file->string(), e.source().begin.line, e.description()));
   }
-  check_keys(*file, root,
-             {"state_dir", "socket", "backend", "log_level", "log_file", "threads",
-              "max_connections", "frame_timeout_ms", "idle_timeout_ms", "pkcs11", "id_format"},
-             "");
+  check_keys(
+      *file, root,
+      {"state_dir", "socket", "backend", "log_level", "log_file", "threads", "max_connections",
+       "frame_timeout_ms", "idle_timeout_ms", "pkcs11", "id_format", "handshake"},
+      "");
   read(*file, root, "state_dir", config.state_dir);
   read(*file, root, "socket", config.socket);
   read(*file, root, "backend", config.backend);
@@ -95,6 +100,18 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
     if (!config.pkcs11.module.empty() && config.pkcs11.pin_file.empty()) {
       bad(*file, *node, "an external PKCS#11 module needs 'pin_file'");
     }
+  }
+  if (const toml::node* node = root.get("handshake")) {
+    const toml::table* h = node->as_table();
+    if (!h) bad(*file, *node, "'handshake' must be a table");
+    check_keys(*file, *h,
+               {"timeout_s", "per_principal", "ke_lifetime_s", "kc_lifetime_s", "e2e_lifetime_s"},
+               "handshake.");
+    read(*file, *h, "timeout_s", config.handshake.timeout);
+    read(*file, *h, "per_principal", config.handshake.per_principal);
+    read(*file, *h, "ke_lifetime_s", config.handshake.ke_lifetime);
+    read(*file, *h, "kc_lifetime_s", config.handshake.kc_lifetime);
+    read(*file, *h, "e2e_lifetime_s", config.handshake.e2e_lifetime);
   }
   if (const toml::node* node = root.get("id_format")) {
     const toml::table* formats = node->as_table();

@@ -23,6 +23,19 @@ struct Pkcs11Settings {
   std::size_t unwrap_cache = 4096;
 };
 
+// The TLS handshakes the daemon runs (TS-0003 10.3.1; docs/HANDSHAKES.md).
+struct HandshakeSettings {
+  // An unfinished handshake expires this long after it started ...
+  std::chrono::seconds timeout{60};
+  // ... and a principal may hold at most this many at once.
+  std::size_t per_principal = 8;
+  // Lifetimes of exported keys when the request gives no expiry; never past
+  // the expiry of the key the handshake authenticated with.
+  std::chrono::seconds ke_lifetime{std::chrono::days(365)};
+  std::chrono::seconds kc_lifetime{std::chrono::days(30)};
+  std::chrono::seconds e2e_lifetime{std::chrono::days(30)};
+};
+
 struct Config {
   std::filesystem::path state_dir;
   std::filesystem::path socket;  // default: api::kDefaultSocketPath
@@ -34,6 +47,7 @@ struct Config {
   std::chrono::milliseconds frame_timeout{10'000};
   std::chrono::milliseconds idle_timeout{std::chrono::minutes(10)};
   Pkcs11Settings pkcs11;
+  HandshakeSettings handshake;
   // encode() of KeId/KcId per MEF/MAF FQDN (lowercased); base64 when absent.
   std::map<std::string, IdFormat> id_formats;
 

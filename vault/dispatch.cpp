@@ -3,9 +3,12 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <ctime>
+
 #include "api/encoding.h"
 #include "api/error.h"
 #include "vault/time_format.h"
+#include "vault/x509_util.h"
 
 namespace m2mvault::vault {
 namespace {
@@ -73,11 +76,69 @@ json optional_json(const std::optional<std::string>& v) {
 
 // The key named by a request, for the log line (never a value).
 std::string key_of(const api::Request& request) {
-  for (const char* name : {"key", "name", "id"}) {
+  for (const char* name : {"key", "psk_key", "name", "id", "session"}) {
     auto it = request.params.find(name);
     if (it != request.params.end() && it->is_string()) return it->get<std::string>();
   }
   return "-";
+}
+
+std::string name_text(const X509_NAME* name) {
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  X509_NAME_print_ex(bio.get(), name, 0, XN_FLAG_RFC2253);
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<std::size_t>(len));
+}
+
+std::string time_text(const ASN1_TIME* t) {
+  struct tm tm {};
+  if (ASN1_TIME_to_tm(t, &tm) != 1) return "";
+  return format_rfc3339(static_cast<std::int64_t>(timegm(&tm)));
+}
+
+// A signing key's certificate as key.show returns it.
+json certificate_to_json(const std::string& pem) {
+  auto chain = read_certificates(pem, "the key's certificate");
+  X509* leaf = chain.front().get();
+  const CertificateNames names = names_of(leaf);
+  json san = json::array();
+  for (const auto& d : names.dns) san.push_back("DNS:" + d);
+  for (const auto& u : names.uri) san.push_back("URI:" + u);
+  return {{"subject", name_text(X509_get_subject_name(leaf))},
+          {"issuer", name_text(X509_get_issuer_name(leaf))},
+          {"not_before", time_text(X509_get0_notBefore(leaf))},
+          {"not_after", time_text(X509_get0_notAfter(leaf))},
+          {"san", std::move(san)},
+          {"chain_length", chain.size()},
+          {"pem", pem}};
+}
+
+std::optional<IdFormat> optional_id_format(const json& params) {
+  auto text = optional_string(params, "id_format");
+  if (!text) return std::nullopt;
+  if (*text == "base64") return IdFormat::base64;
+  if (*text == "hex") return IdFormat::hex;
+  throw Error(ErrorCode::invalid_argument,
+              fmt::format("unknown id_format '{}' (expected base64 or hex)", *text));
+}
+
+std::vector<std::uint8_t> optional_base64(const json& params, std::string_view name) {
+  if (!param(params, name)) return {};
+  auto text = optional_string(params, name);
+  if (text->empty()) return {};
+  return required_base64(params, name);
+}
+
+json progress_to_json(const Handshakes::Progress& progress) {
+  json j = {{"session", progress.session},
+            {"output", encoding::base64_encode(progress.output)},
+            {"done", progress.done}};
+  if (progress.key) {
+    j["key"] = key_to_json(*progress.key);
+    j["cipher"] = progress.cipher;
+  }
+  return j;
 }
 
 }  // namespace
@@ -99,6 +160,8 @@ json key_to_json(const KeyRecord& r) {
     j["algorithm"] = r.algorithm;
   }
   if (r.parent) j["parent"] = *r.parent;
+  if (r.peer) j["peer"] = *r.peer;
+  if (r.certificate) j["certificate"] = certificate_to_json(*r.certificate);
   if (r.storage == Storage::adopted) {
     j["token_label"] = r.token_label;
     j["object_id"] = encoding::hex_encode(r.object_id);
@@ -106,8 +169,11 @@ json key_to_json(const KeyRecord& r) {
   return j;
 }
 
-Dispatcher::Dispatcher(Vault& vault, const policies::Policy& policy)
-    : vault_(vault), policy_(policy), started_(std::chrono::steady_clock::now()) {}
+Dispatcher::Dispatcher(Vault& vault, Handshakes& handshakes, const policies::Policy& policy)
+    : vault_(vault),
+      handshakes_(handshakes),
+      policy_(policy),
+      started_(std::chrono::steady_clock::now()) {}
 
 json Dispatcher::handle(const api::Principal& principal, const api::Request& request) {
   auto grant = policies::grant_for_operation(request.op);
@@ -122,7 +188,7 @@ json Dispatcher::handle(const api::Principal& principal, const api::Request& req
                 fmt::format("operation '{}' denied: {}", request.op, decision.reason));
   }
   try {
-    json result = dispatch(request);
+    json result = dispatch(principal, request);
     if (*grant == policies::Grant::key_create || *grant == policies::Grant::key_delete) {
       spdlog::info("op={} key={} uid={} pid={} ok", request.op, key_of(request), principal.uid,
                    principal.pid);
@@ -135,7 +201,7 @@ json Dispatcher::handle(const api::Principal& principal, const api::Request& req
   }
 }
 
-json Dispatcher::dispatch(const api::Request& request) {
+json Dispatcher::dispatch(const api::Principal& principal, const api::Request& request) {
   const std::string& op = request.op;
   const json& p = request.params;
 
@@ -280,6 +346,38 @@ json Dispatcher::dispatch(const api::Request& request) {
     return key_to_json(vault_.derive(spec));
   }
 
+  if (op == "cert.csr") {
+    std::vector<std::string> sans;
+    if (const json* list = param(p, "san")) {
+      if (!list->is_array())
+        throw Error(ErrorCode::invalid_argument, "parameter 'san' must be an array of strings");
+      for (const auto& v : *list) {
+        if (!v.is_string())
+          throw Error(ErrorCode::invalid_argument, "parameter 'san' must be an array of strings");
+        sans.push_back(v.get<std::string>());
+      }
+    }
+    return {{"pem", vault_.certificate_request(required_string(p, "key"),
+                                               required_string(p, "subject"), sans)}};
+  }
+
+  if (op == "cert.import") {
+    return key_to_json(
+        vault_.attach_certificate(required_string(p, "key"), required_string(p, "pem")));
+  }
+
+  if (op == "handshake.start") return handshake_start(principal, p);
+
+  if (op == "handshake.step") {
+    auto input = optional_base64(p, "input");
+    return progress_to_json(handshakes_.step(principal.uid, required_string(p, "session"), input));
+  }
+
+  if (op == "handshake.abort") {
+    handshakes_.abort(principal.uid, required_string(p, "session"));
+    return json::object();
+  }
+
   if (op == "key.set_id") {
     return key_to_json(vault_.set_identifier(required_string(p, "key"), required_string(p, "id")));
   }
@@ -293,6 +391,48 @@ json Dispatcher::dispatch(const api::Request& request) {
   }
 
   throw Error(ErrorCode::unsupported, fmt::format("unknown operation '{}'", op));
+}
+
+json Dispatcher::handshake_start(const api::Principal& principal, const json& p) {
+  HandshakeSpec spec;
+  const std::string procedure = required_string(p, "procedure");
+  if (procedure == "enrolment") {
+    spec.procedure = HandshakeProcedure::enrolment;
+  } else if (procedure == "maf") {
+    spec.procedure = HandshakeProcedure::maf;
+  } else if (procedure == "escertke-initiate") {
+    spec.procedure = HandshakeProcedure::escertke_initiate;
+  } else if (procedure == "escertke-respond") {
+    spec.procedure = HandshakeProcedure::escertke_respond;
+  } else {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("unknown procedure '{}' (expected enrolment, maf, escertke-initiate "
+                            "or escertke-respond)",
+                            procedure));
+  }
+  spec.psk_key = optional_string(p, "psk_key");
+  spec.signing_key = optional_string(p, "key");
+  spec.peer_name = optional_string(p, "peer_name").value_or("");
+  if (auto rot = optional_string(p, "root_of_trust")) {
+    auto bytes = encoding::hex_decode(*rot);
+    if (!bytes || bytes->size() != 32) {
+      throw Error(ErrorCode::invalid_argument,
+                  "parameter 'root_of_trust' must be a SHA-256 hash: 64 hex digits");
+    }
+    std::array<std::uint8_t, 32> hash{};
+    std::copy(bytes->begin(), bytes->end(), hash.begin());
+    spec.root_of_trust = hash;
+  }
+  spec.anchors_pem = optional_string(p, "anchors").value_or("");
+  spec.fqdn = optional_string(p, "fqdn").value_or("");
+  spec.id_format = optional_id_format(p);
+  spec.expires = optional_time(p, "expires");
+  spec.target = optional_string(p, "target");
+  spec.peer = optional_string(p, "peer");
+  spec.name = optional_string(p, "name");
+  spec.cipher_suites = optional_string(p, "cipher_suites").value_or("");
+  auto input = optional_base64(p, "input");
+  return progress_to_json(handshakes_.start(principal.uid, spec, input));
 }
 
 }  // namespace m2mvault::vault

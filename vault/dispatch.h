@@ -7,6 +7,7 @@
 
 #include "api/protocol.h"
 #include "policies/policy.h"
+#include "vault/handshakes.h"
 #include "vault/vault.h"
 
 namespace m2mvault::vault {
@@ -16,13 +17,15 @@ nlohmann::json key_to_json(const KeyRecord& record);
 
 class Dispatcher : public api::RequestHandler {
  public:
-  Dispatcher(Vault& vault, const policies::Policy& policy);
+  Dispatcher(Vault& vault, Handshakes& handshakes, const policies::Policy& policy);
   nlohmann::json handle(const api::Principal& principal, const api::Request& request) override;
 
  private:
-  nlohmann::json dispatch(const api::Request& request);
+  nlohmann::json dispatch(const api::Principal& principal, const api::Request& request);
+  nlohmann::json handshake_start(const api::Principal& principal, const nlohmann::json& params);
 
   Vault& vault_;
+  Handshakes& handshakes_;
   const policies::Policy& policy_;
   std::chrono::steady_clock::time_point started_;
 };

@@ -27,6 +27,7 @@
 #include "vault/catalog.h"
 #include "vault/config.h"
 #include "vault/dispatch.h"
+#include "vault/handshakes.h"
 #include "vault/state_dir.h"
 #include "vault/vault.h"
 
@@ -121,7 +122,8 @@ int run(int argc, char** argv) {
   }
 
   policies::Policy policy(::geteuid());
-  vault::Dispatcher dispatcher(vault, policy);
+  vault::Handshakes handshakes(vault, *se, config);
+  vault::Dispatcher dispatcher(vault, handshakes, policy);
   api::ServerConfig server_config;
   server_config.socket_path = config.socket;
   server_config.threads = config.threads;

@@ -14,38 +14,13 @@
 #include "api/encoding.h"
 #include "api/error.h"
 #include "vault/identifiers.h"
+#include "vault/in_token.h"
 #include "vault/normalize.h"
 
 namespace m2mvault::vault {
 namespace {
 
 constexpr std::size_t kMaxSecretBytes = 1024;
-
-ErrorCode code_of(hsm::Failure failure) {
-  switch (failure) {
-    case hsm::Failure::invalid_argument:
-      return ErrorCode::invalid_argument;
-    case hsm::Failure::not_found:
-      return ErrorCode::not_found;
-    case hsm::Failure::unsupported:
-      return ErrorCode::unsupported;
-    case hsm::Failure::unavailable:
-      return ErrorCode::backend_unavailable;
-    case hsm::Failure::internal:
-      return ErrorCode::internal;
-  }
-  return ErrorCode::internal;
-}
-
-// Runs a secure-element call, turning hsm::Error into the wire error type.
-template <typename F>
-auto in_token(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const hsm::Error& e) {
-    throw Error(code_of(e.failure()), e.what());
-  }
-}
 
 std::span<const std::uint8_t> as_bytes(std::string_view s) {
   return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
@@ -342,6 +317,43 @@ KeyRecord Vault::derive(const DeriveSpec& spec) {
   }
   record.name = spec.name.value_or(*record.identifier);
   return catalog_.insert(std::move(record));
+}
+
+KeyRecord Vault::store_exported_key(const ExportedKeySpec& spec, const hsm::ExportedKey& key) {
+  KeyRecord record;
+  record.kind = spec.kind;
+  record.identifier = spec.identifier;
+  canonical_identifier(spec.kind, spec.identifier);
+  record.name = spec.name.value_or(spec.identifier);
+  canonical_name(record.name);
+  record.created = clock_();
+  record.expires = spec.expires;
+  record.peer = spec.peer;
+  record.parent = spec.parent;
+  record.length = hsm::ExportedKey::kKeyLength;
+  if (is_psk_kind(spec.kind)) {
+    record.storage = Storage::wrapped;
+    auto wrapped = in_token([&] { return key.wrap_with_mac(se_, as_bytes(kCheckValueLabel)); });
+    record.blob = std::move(wrapped.blob);
+    record.check_value = check_value_text(wrapped.mac);
+    return catalog_.insert(std::move(record));
+  }
+  if (spec.kind != KeyKind::ke) {
+    throw Error(ErrorCode::internal, "only Ke, Kc and pairwiseE2EKey come from a handshake");
+  }
+  record.storage = Storage::token;
+  record.check_value =
+      check_value_text(in_token([&] { return key.mac(as_bytes(kCheckValueLabel)); }));
+  record.object_id = in_token([&] { return se_.new_object_id(); });
+  KeyRecord pending = catalog_.insert_pending(std::move(record));
+  try {
+    in_token([&] { key.create_token_secret(se_, pending.object_id); });
+  } catch (...) {
+    catalog_.remove(pending.row);
+    throw;
+  }
+  catalog_.activate(pending.row);
+  return pending;
 }
 
 KeyRecord Vault::set_identifier(std::string_view key, const std::string& identifier) {

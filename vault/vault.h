@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "hsm/secure_element.h"
+#include "hsm/tls_secrets.h"
 #include "vault/catalog.h"
 #include "vault/key_model.h"
 
@@ -76,6 +77,16 @@ struct DeriveSpec {
 // Throws Error(invalid_argument) for invalid UTF-8 or an SUID out of range.
 std::vector<std::uint8_t> derivation_input(const DeriveSpec& spec);
 
+// A key exported by a TLS handshake (vault/handshakes.h), as it is stored.
+struct ExportedKeySpec {
+  KeyKind kind = KeyKind::kc;  // ke, kc or e2e
+  std::string identifier;      // KeId, KcId or pairwiseE2EKeyID
+  std::optional<std::string> name;
+  std::optional<std::string> peer;    // whom the key is shared with
+  std::optional<std::string> parent;  // the PSK credential the handshake used
+  std::optional<std::int64_t> expires;
+};
+
 struct ReconcileReport {
   std::size_t completed = 0;  // pending rows whose object existed
   std::size_t dropped = 0;    // pending rows whose object did not
@@ -104,6 +115,25 @@ class Vault {
   // the result is wrapped under the KEK and never crosses the API. The new
   // key records its parent and never outlives it.
   KeyRecord derive(const DeriveSpec& spec);
+
+  // Stores the key a handshake exported: a Ke as a token object (two-phase
+  // create), a Kc or pairwiseE2EKey wrapped under the KEK.
+  KeyRecord store_exported_key(const ExportedKeySpec& spec, const hsm::ExportedKey& key);
+
+  // A PKCS#10 request for a signing key, signed inside the token.
+  // `subject` is `/C=DE/O=Org/CN=name` or `CN=name,O=Org`; `sans` are
+  // subjectAltName entries as OpenSSL writes them (`DNS:...`, `URI:...`).
+  // Returns PEM.
+  std::string certificate_request(std::string_view key, const std::string& subject,
+                                  const std::vector<std::string>& sans);
+
+  // Attaches a certificate chain (PEM, leaf first) to a signing key: the
+  // leaf must certify the key's public key and each certificate must be
+  // issued by the next.
+  KeyRecord attach_certificate(std::string_view key, const std::string& pem);
+
+  // The key, when it exists and has not expired (not_found / expired).
+  KeyRecord usable(std::string_view key) { return usable_or_throw(key); }
 
   // Replaces a key's oneM2M identifier (e.g. the KmID a MAF assigned).
   KeyRecord set_identifier(std::string_view key, const std::string& identifier);

@@ -1,0 +1,62 @@
+// Small owners and helpers for the X.509 work of handshakes and
+// certificates. Certificates are public: nothing here touches key bytes.
+#pragma once
+
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace m2mvault::vault {
+
+template <auto Free>
+struct OpenSslFree {
+  template <typename T>
+  void operator()(T* p) const noexcept {
+    Free(p);
+  }
+};
+
+using X509Ptr = std::unique_ptr<X509, OpenSslFree<X509_free>>;
+using X509StorePtr = std::unique_ptr<X509_STORE, OpenSslFree<X509_STORE_free>>;
+using X509StoreCtxPtr = std::unique_ptr<X509_STORE_CTX, OpenSslFree<X509_STORE_CTX_free>>;
+using X509ReqPtr = std::unique_ptr<X509_REQ, OpenSslFree<X509_REQ_free>>;
+using X509NamePtr = std::unique_ptr<X509_NAME, OpenSslFree<X509_NAME_free>>;
+using BioPtr = std::unique_ptr<BIO, OpenSslFree<BIO_free_all>>;
+using SslCtxPtr = std::unique_ptr<SSL_CTX, OpenSslFree<SSL_CTX_free>>;
+using SslPtr = std::unique_ptr<SSL, OpenSslFree<SSL_free>>;
+using EvpPkeyOwner = std::unique_ptr<EVP_PKEY, OpenSslFree<EVP_PKEY_free>>;
+
+// Every certificate in `pem`, in order. Throws Error(invalid_argument)
+// naming `what` when there is none or one does not parse.
+std::vector<X509Ptr> read_certificates(const std::string& pem, const std::string& what);
+
+std::string to_pem(X509* cert);
+
+// DER SubjectPublicKeyInfo of a certificate's key.
+std::vector<std::uint8_t> spki_of(X509* cert);
+
+// SHA-256 over a DER SubjectPublicKeyInfo (the RFC 6920 name of a key).
+std::array<std::uint8_t, 32> key_hash(std::span<const std::uint8_t> spki);
+
+// The names a Certificate Name is compared with: subjectAltName DNS and URI
+// entries, then the Subject's common names.
+struct CertificateNames {
+  std::vector<std::string> dns;
+  std::vector<std::string> uri;
+  std::vector<std::string> common_names;
+  std::vector<std::string> all() const;
+};
+CertificateNames names_of(X509* cert);
+
+// The OpenSSL error queue as one line (and cleared); `fallback` when empty.
+std::string openssl_errors(const std::string& fallback);
+
+}  // namespace m2mvault::vault
