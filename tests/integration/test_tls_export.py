@@ -4,9 +4,11 @@ The peer is always the stock openssl CLI (or a second vault). Expected
 identifiers and check values are computed here from the keying material
 openssl prints with -keymatexport, never from the vault's own answers.
 """
+import base64
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -15,7 +17,7 @@ import unittest
 import tlspeer
 from tlspeer import (BOOTSTRAP_LABEL, CERT_CIPHER, CONNECTION_LABEL, PSK_CIPHER, Pki, SClient, SServer,
                      expected_id, keymat_split, spki_sha256)
-from vaultlib import CLI, Daemon, DaemonTestCase, b64
+from vaultlib import CLI, SOFTHSM2, Daemon, DaemonTestCase, b64
 
 ESCERTKE_LABEL = "EXPORTER-oneM2M-ESCertKE"
 MEF = "mef.provider.org"
@@ -403,6 +405,78 @@ class CertificateHandshakeTest(ExportChecks, unittest.TestCase):
         self.assertEqual(p.returncode, 11)
 
 
+class AdoptedKeyHandshakeTest(ExportChecks, unittest.TestCase):
+    """A pre-provisioned device key in its manufacturer's token, adopted in
+    place, authenticates a handshake through libp11 like a vault key."""
+
+    def test_adopted_key_completes_a_certificate_handshake(self):
+        self.daemon = Daemon()
+        self.addCleanup(self.daemon.cleanup)
+        self.daemon.start()
+        self.daemon.stop()
+        env = dict(os.environ, SOFTHSM2_CONF=os.path.join(self.daemon.state, "softhsm2.conf"))
+        with open(os.path.join(self.daemon.state, "user-pin")) as f:
+            pin = f.read().strip()
+        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "vendor", "--so-pin", "12345678",
+                        "--pin", pin], check=True, capture_output=True, env=env)
+        subprocess.run(["pkcs11-tool", "--module", SOFTHSM2, "--token-label", "vendor", "--login", "--pin", pin,
+                        "--keypairgen", "--key-type", "EC:prime256v1", "--label", "device-key", "--id", "0c0d"],
+                       check=True, capture_output=True, env=env)
+        self.daemon.start()
+        self.daemon.cli("key", "adopt", "--kind", "signing", "--name", "device", "--token-label", "vendor",
+                        "--object", "device-key", check=True)
+        pki_dir = tempfile.mkdtemp(prefix="m2mvault-pki-")
+        self.addCleanup(shutil.rmtree, pki_dir, True)
+        pki = Pki(pki_dir)
+        _, ca_cert = pki.make_ca()
+        in_key, in_cert = pki.make_leaf("in-cse", "/CN=in-cse", f"DNS:{IN_CSE}")
+        csr = os.path.join(pki_dir, "device.csr")
+        self.daemon.cli("cert", "csr", "--key", "device", "--subject", "/CN=device", "--san",
+                        "URI:urn:example:CAE-device", "--out", csr, check=True)
+        self.daemon.cli("cert", "import", "--key", "device", pki.sign_csr(csr, "device"), check=True)
+        with SServer(label=CONNECTION_LABEL, key=in_key, cert=in_cert, ca_file=ca_cert, verify_client=True) as srv:
+            key = self.cli_key("maf-handshake", "--maf", f"127.0.0.1:{srv.port}", "--maf-fqdn", MAF,
+                               "--key", "device", "--peer-name", IN_CSE, "--root-of-trust", spki_sha256(ca_cert),
+                               "--ca", ca_cert)
+            km = srv.keying_material()
+        self.assert_stored(key, km, MAF, "kc")
+
+
+class NoSecretInHandshakesTest(ExportChecks, unittest.TestCase):
+    """Neither the PSK nor the exported key reaches the log (at trace level)
+    or any CLI output, on success or failure."""
+
+    def test_psk_and_exported_key_never_reach_log_or_output(self):
+        self.daemon = Daemon().start(extra=["--log-level", "trace"])
+        self.addCleanup(self.daemon.cleanup)
+        kpm = os.urandom(32)
+        outputs = []
+        self.daemon.cli("key", "import", "--kind", "kpm", "--id", "leak@mef.provider.org", "--hex", kpm.hex(),
+                        check=True)
+        with SServer(label=BOOTSTRAP_LABEL, psk_hex=kpm.hex()) as srv:
+            p = self.daemon.cli("enrol", "--mef", f"127.0.0.1:{srv.port}", "--mef-fqdn", MEF,
+                                "--kpm", "leak@mef.provider.org", "--json")
+            outputs.append(p.stdout + p.stderr)
+            km = srv.keying_material()
+        self.assertEqual(p.returncode, 0, p.stderr.decode())
+        with SServer(label=BOOTSTRAP_LABEL, psk_hex=os.urandom(32).hex()) as srv:
+            p = self.daemon.cli("enrol", "--mef", f"127.0.0.1:{srv.port}", "--mef-fqdn", MEF,
+                                "--kpm", "leak@mef.provider.org")
+            outputs.append(p.stdout + p.stderr)
+        self.assertEqual(p.returncode, HANDSHAKE_FAILED)
+        self.daemon.stop()
+        _, ke = keymat_split(km)
+        log = self.daemon.read_log()
+        self.assertIn("handshake", log)
+        for secret in (kpm, ke, km):
+            for form in (secret.hex(), secret.hex().upper(), b64(secret)):
+                self.assertNotIn(form, log)
+                for out in outputs:
+                    self.assertNotIn(form.encode(), out)
+            with open(self.daemon.log, "rb") as f:
+                self.assertNotIn(secret, f.read())
+
+
 class SessionExpiryTest(unittest.TestCase):
     """An unfinished handshake expires (timeout_s in [handshake])."""
 
@@ -419,7 +493,9 @@ class SessionExpiryTest(unittest.TestCase):
             start = conn.call("handshake.start", procedure="maf", psk_key="km-9@mymaf.provider.org",
                               fqdn=MAF)
             self.assertFalse(start["done"])
-            self.assertTrue(start["output"])  # the ClientHello
+            client_hello = base64.b64decode(start["output"])
+            self.assertEqual(client_hello[0], 0x16)  # a handshake record ...
+            self.assertIn(MAF.encode(), client_hello)  # ... naming the MAF in SNI (TS-0003 10.2)
             time.sleep(1.5)
             with self.assertRaises(Exception) as ctx:
                 conn.call("handshake.step", session=start["session"], input=b64(b"\x16\x03\x03\x00\x00"))

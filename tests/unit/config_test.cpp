@@ -91,5 +91,35 @@ TEST_F(IdFormatConfig, Base64ByDefaultHexPerFqdn) {
   EXPECT_THROW(load_config(write("[id_format]\n\"not an fqdn\" = \"hex\"\n")), Error);
 }
 
+TEST_F(ConfigFile, HandshakeDefaultsAndOverrides) {
+  Config defaults = load_config(std::nullopt);
+  EXPECT_EQ(defaults.handshake.timeout, std::chrono::seconds(60));
+  EXPECT_EQ(defaults.handshake.per_principal, 8u);
+  EXPECT_EQ(defaults.handshake.ke_lifetime, std::chrono::days(365));
+  EXPECT_EQ(defaults.handshake.kc_lifetime, std::chrono::days(30));
+  EXPECT_EQ(defaults.handshake.e2e_lifetime, std::chrono::days(30));
+  Config c = load_config(write(
+      "[handshake]\ntimeout_s = 5\nper_principal = 2\nke_lifetime_s = 100\nkc_lifetime_s = 200\n"
+      "e2e_lifetime_s = 300\n"));
+  EXPECT_EQ(c.handshake.timeout, std::chrono::seconds(5));
+  EXPECT_EQ(c.handshake.per_principal, 2u);
+  EXPECT_EQ(c.handshake.ke_lifetime, std::chrono::seconds(100));
+  EXPECT_EQ(c.handshake.kc_lifetime, std::chrono::seconds(200));
+  EXPECT_EQ(c.handshake.e2e_lifetime, std::chrono::seconds(300));
+}
+
+TEST_F(ConfigFile, HandshakeSectionRejectsUnknownKeysAndNonPositiveValues) {
+  for (const char* text : {"[handshake]\ntimeout = 5\n", "[handshake]\ntimeout_s = 0\n",
+                           "[handshake]\nper_principal = -1\n", "handshake = 3\n"}) {
+    try {
+      load_config(write(text));
+      FAIL() << "accepted: " << text;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::invalid_argument) << text;
+      EXPECT_NE(std::string(e.what()).find(":"), std::string::npos) << e.what();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace m2mvault::vault

@@ -304,6 +304,8 @@ TEST_F(CatalogTest, EveryFieldSurvivesReopen) {
   r.public_key = {0x30, 0x59, 0x30, 0x13};
   r.algorithm = "ec-p256";
   r.parent = "some-ke";
+  r.peer = "my.m2mprovider.org/in-cse";
+  r.certificate = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
   std::int64_t row = 0;
   KeyRecord psk = kpsa("AE1-Lock@in.provider.com");
   psk.blob = std::vector<std::uint8_t>(40, 0xa5);
@@ -333,6 +335,8 @@ TEST_F(CatalogTest, EveryFieldSurvivesReopen) {
   EXPECT_EQ(f->length, 0u);
   EXPECT_FALSE(f->check_value);
   EXPECT_EQ(f->parent, r.parent);
+  EXPECT_EQ(f->peer, r.peer);
+  EXPECT_EQ(f->certificate, r.certificate);
   auto p = catalog->find("AE1-Lock@in.provider.com");
   ASSERT_TRUE(p);
   EXPECT_EQ(p->identifier, "AE1-Lock@in.provider.com");
@@ -340,6 +344,8 @@ TEST_F(CatalogTest, EveryFieldSurvivesReopen) {
   EXPECT_EQ(p->length, 32u);
   EXPECT_FALSE(p->expires);
   EXPECT_FALSE(p->parent);
+  EXPECT_FALSE(p->peer);
+  EXPECT_FALSE(p->certificate);
   // The catalog file is the daemon's alone.
   EXPECT_EQ(std::filesystem::status(path_).permissions() & std::filesystem::perms::all,
             std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
@@ -618,6 +624,83 @@ TEST_F(CatalogTest, EveryAcknowledgedGroupInsertSurvivesSigkill) {
   EXPECT_GE(catalog->count(), acknowledged.size());
   // The catalog takes writes again after the crash.
   catalog->insert(kpsa("after-crash@in.provider.com"));
+}
+
+}  // namespace
+}  // namespace m2mvault::vault
+
+namespace m2mvault::vault {
+namespace {
+
+TEST_F(CatalogTest, SetCertificateReplacesTheChainAndNeedsTheRow) {
+  auto catalog = Catalog::open(path_);
+  KeyRecord r;
+  r.name = "mn-cse";
+  r.kind = KeyKind::signing;
+  r.storage = Storage::token;
+  r.object_id = {1, 2};
+  const auto row = catalog->insert(r).row;
+  catalog->set_certificate(row, "first");
+  catalog->set_certificate(row, "second");
+  EXPECT_EQ(catalog->find("mn-cse")->certificate, "second");
+  catalog->remove(row);
+  try {
+    catalog->set_certificate(row, "third");
+    FAIL() << "set_certificate on a removed row";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::not_found);
+  }
+}
+
+// A catalog written by schema 1 (the walking skeleton) keeps its keys and
+// gains the new columns in place.
+TEST_F(CatalogTest, SchemaOneCatalogIsUpgradedInPlace) {
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    const char* v1 = R"sql(
+      PRAGMA journal_mode = WAL;
+      CREATE TABLE keys(
+        key_id INTEGER PRIMARY KEY, state TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+        identifier TEXT, entity TEXT, created INTEGER NOT NULL, expires INTEGER,
+        storage TEXT NOT NULL, blob BLOB, object_id BLOB, token_label TEXT, object_label TEXT,
+        public_key BLOB, algorithm TEXT, length INTEGER NOT NULL DEFAULT 0, check_value TEXT,
+        parent TEXT);
+      CREATE TABLE names(canonical TEXT PRIMARY KEY, key_id INTEGER NOT NULL
+        REFERENCES keys(key_id) ON DELETE CASCADE) WITHOUT ROWID;
+      INSERT INTO keys(key_id, state, name, kind, identifier, created, storage, blob, length,
+                       check_value)
+        VALUES (1, 'active', 'AE1-Lock@in.provider.com', 'kpsa', 'AE1-Lock@in.provider.com',
+                1800000000, 'wrapped', x'01020304', 8, '0011223344556677');
+      INSERT INTO names VALUES ('AE1-Lock@in.provider.com', 1);
+      PRAGMA user_version = 1;
+    )sql";
+    ASSERT_EQ(sqlite3_exec(db, v1, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  }
+  {
+    auto catalog = Catalog::open(path_);
+    auto found = catalog->find("AE1-Lock@in.provider.com");
+    ASSERT_TRUE(found);
+    EXPECT_EQ(found->check_value, "0011223344556677");
+    EXPECT_FALSE(found->peer);
+    EXPECT_FALSE(found->certificate);
+    KeyRecord kc = kpsa("AAECAwQFBgcICQoLDA0ODw==@mymaf.provider.org");
+    kc.kind = KeyKind::kc;
+    kc.peer = "CAE-device-42";
+    catalog->insert(kc);
+  }
+  auto catalog = Catalog::open(path_);  // opening an upgraded catalog again changes nothing
+  EXPECT_EQ(catalog->find("AAECAwQFBgcICQoLDA0ODw==@mymaf.provider.org")->peer, "CAE-device-42");
+  EXPECT_EQ(catalog->count(), 2u);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* version = nullptr;
+  sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &version, nullptr);
+  ASSERT_EQ(sqlite3_step(version), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(version, 0), 2);
+  sqlite3_finalize(version);
+  sqlite3_close(db);
 }
 
 }  // namespace

@@ -226,5 +226,18 @@ TEST(KeyName, NamesUpTo255CharactersAndTheirCanonicalForms) {
   }
 }
 
+// TS-0003 10.3.1: a pairwiseE2EKeyID is the 16 exported bytes, no FQDN.
+TEST(PairwiseE2EKeyId, MayBeTheEncodedBytesAlone) {
+  EXPECT_EQ(canonical_identifier(KeyKind::e2e, "AAECAwQFBgcICQoLDA0ODw=="),
+            "AAECAwQFBgcICQoLDA0ODw==");
+  EXPECT_EQ(canonical_identifier(KeyKind::e2e, "FF15D84E3E38D6974B0EB3E5606C85FE"),
+            "ff15d84e3e38d6974b0eb3e5606c85fe");
+  EXPECT_THROW(canonical_identifier(KeyKind::e2e, "AAECAwQFBgcICQoL"), Error);
+  EXPECT_THROW(canonical_identifier(KeyKind::e2e, "not-an-id"), Error);
+  // Only the pairwiseE2EKeyID: KeId and KcId keep their FQDN.
+  EXPECT_THROW(canonical_identifier(KeyKind::ke, "AAECAwQFBgcICQoLDA0ODw=="), Error);
+  EXPECT_THROW(canonical_identifier(KeyKind::kc, "AAECAwQFBgcICQoLDA0ODw=="), Error);
+}
+
 }  // namespace
 }  // namespace m2mvault::vault
