@@ -105,13 +105,16 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
     const toml::table* h = node->as_table();
     if (!h) bad(*file, *node, "'handshake' must be a table");
     check_keys(*file, *h,
-               {"timeout_s", "per_principal", "ke_lifetime_s", "kc_lifetime_s", "e2e_lifetime_s"},
+               {"timeout_s", "per_principal", "ke_lifetime_s", "kc_lifetime_s", "e2e_lifetime_s",
+                "psk_ciphers", "certificate_ciphers"},
                "handshake.");
     read(*file, *h, "timeout_s", config.handshake.timeout);
     read(*file, *h, "per_principal", config.handshake.per_principal);
     read(*file, *h, "ke_lifetime_s", config.handshake.ke_lifetime);
     read(*file, *h, "kc_lifetime_s", config.handshake.kc_lifetime);
     read(*file, *h, "e2e_lifetime_s", config.handshake.e2e_lifetime);
+    read(*file, *h, "psk_ciphers", config.handshake.psk_ciphers);
+    read(*file, *h, "certificate_ciphers", config.handshake.certificate_ciphers);
   }
   if (const toml::node* node = root.get("id_format")) {
     const toml::table* formats = node->as_table();

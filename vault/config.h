@@ -34,6 +34,9 @@ struct HandshakeSettings {
   std::chrono::seconds ke_lifetime{std::chrono::days(365)};
   std::chrono::seconds kc_lifetime{std::chrono::days(30)};
   std::chrono::seconds e2e_lifetime{std::chrono::days(30)};
+  // OpenSSL cipher lists when a request names none (TS-0003 10.2.2 / 10.2.3).
+  std::string psk_ciphers = "PSK-AES128-CBC-SHA256";
+  std::string certificate_ciphers = "ECDHE-ECDSA-AES128-SHA256";
 };
 
 struct Config {

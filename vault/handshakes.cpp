@@ -99,7 +99,9 @@ Handshakes::Progress Handshakes::start(uid_t owner, const HandshakeSpec& spec,
   TlsExchangeSettings settings;
   settings.server = spec.procedure == HandshakeProcedure::escertke_respond;
   settings.server_name = escertke ? spec.peer.value_or(spec.peer_name) : spec.fqdn;
-  settings.cipher_suites = spec.cipher_suites;
+  settings.cipher_suites = !spec.cipher_suites.empty() ? spec.cipher_suites
+                          : spec.psk_key            ? config_.handshake.psk_ciphers
+                                                    : config_.handshake.certificate_ciphers;
 
   if (spec.psk_key) {
     const KeyRecord key = vault_.usable(*spec.psk_key);

@@ -98,14 +98,17 @@ TEST_F(ConfigFile, HandshakeDefaultsAndOverrides) {
   EXPECT_EQ(defaults.handshake.ke_lifetime, std::chrono::days(365));
   EXPECT_EQ(defaults.handshake.kc_lifetime, std::chrono::days(30));
   EXPECT_EQ(defaults.handshake.e2e_lifetime, std::chrono::days(30));
+  EXPECT_EQ(defaults.handshake.psk_ciphers, "PSK-AES128-CBC-SHA256");
+  EXPECT_EQ(defaults.handshake.certificate_ciphers, "ECDHE-ECDSA-AES128-SHA256");
   Config c = load_config(write(
       "[handshake]\ntimeout_s = 5\nper_principal = 2\nke_lifetime_s = 100\nkc_lifetime_s = 200\n"
-      "e2e_lifetime_s = 300\n"));
+      "e2e_lifetime_s = 300\npsk_ciphers = \"PSK-AES256-CBC-SHA384\"\n"));
   EXPECT_EQ(c.handshake.timeout, std::chrono::seconds(5));
   EXPECT_EQ(c.handshake.per_principal, 2u);
   EXPECT_EQ(c.handshake.ke_lifetime, std::chrono::seconds(100));
   EXPECT_EQ(c.handshake.kc_lifetime, std::chrono::seconds(200));
   EXPECT_EQ(c.handshake.e2e_lifetime, std::chrono::seconds(300));
+  EXPECT_EQ(c.handshake.psk_ciphers, "PSK-AES256-CBC-SHA384");
 }
 
 TEST_F(ConfigFile, HandshakeSectionRejectsUnknownKeysAndNonPositiveValues) {
