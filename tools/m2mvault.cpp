@@ -211,7 +211,9 @@ void Cli::add_handshake_common(CLI::App* cmd, bool certificate_only) {
   cmd->add_option("--id-format", id_format, "encode() of the key id: base64 or hex")
       ->check(CLI::IsMember({"base64", "hex"}));
   cmd->add_option("--ciphers", ciphers, "OpenSSL cipher list (default: the oneM2M suite)");
-  cmd->add_option("--timeout", timeout_s, "Seconds to wait for the peer (TCP mode)")
+  cmd->add_option("--timeout", timeout_s,
+                  "TCP mode: seconds to wait for a connection and for each answer of the peer "
+                  "(the daemon ends an unfinished handshake after [handshake] timeout_s, 60)")
       ->check(CLI::Range(1, 3600));
   cmd->add_flag("--json", o.json_output, "Print the stored key as JSON");
 }
@@ -253,17 +255,34 @@ void Cli::run_tcp_handshake(const std::string& procedure, bool listen) {
   const auto timeout = std::chrono::seconds(timeout_s);
   json params = handshake_params(procedure);
   auto client = connect(o);
-  // Started first: a bad credential or peer check fails before any connection.
+  // Started first, so a bad credential fails before any connection is made.
   json started = client.call("handshake.start", params);
+  auto abort = [&](const json& progress) {
+    try {
+      client.call("handshake.abort", {{"session", progress.at("session")}});
+    } catch (...) {
+    }
+  };
+  if (listen) {
+    // A listener may wait longer than a session lives: the checked session
+    // is let go, and a fresh one starts when the Initiating End-Point comes.
+    abort(started);
+    const int fd = m2mvault::tools::accept_one(peer_address, timeout);
+    try {
+      started = client.call("handshake.start", params);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    print_handshake_result(
+        m2mvault::tools::relay_handshake(client, fd, std::move(started), timeout));
+    return;
+  }
   int fd = -1;
   try {
-    fd = listen ? m2mvault::tools::accept_one(peer_address, timeout)
-                : m2mvault::tools::connect_tcp(peer_address, timeout);
-  } catch (const Error&) {
-    try {
-      client.call("handshake.abort", {{"session", started.at("session")}});
-    } catch (const Error&) {
-    }
+    fd = m2mvault::tools::connect_tcp(peer_address, timeout);
+  } catch (...) {
+    abort(started);
     throw;
   }
   print_handshake_result(m2mvault::tools::relay_handshake(client, fd, std::move(started), timeout));

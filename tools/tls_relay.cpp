@@ -105,15 +105,28 @@ void write_all(int fd, const std::vector<std::uint8_t>& bytes, Clock::time_point
 int connect_tcp(const std::string& address, std::chrono::milliseconds timeout) {
   const HostPort hp = split_address(address);
   const AddrInfo info = resolve(hp, false);
+  const auto deadline = Clock::now() + timeout;
   std::string last = "no address";
   for (addrinfo* a = info.list; a; a = a->ai_next) {
-    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    const int fd =
+        ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
     if (fd < 0) continue;
-    if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) return fd;
+    int rc = ::connect(fd, a->ai_addr, a->ai_addrlen);
+    if (rc != 0 && errno == EINPROGRESS) {
+      if (wait_for(fd, POLLOUT, deadline)) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        errno = err;
+        rc = err == 0 ? 0 : -1;
+      } else {
+        errno = ETIMEDOUT;
+      }
+    }
+    if (rc == 0) return fd;
     last = std::strerror(errno);
     ::close(fd);
   }
-  (void)timeout;  // connect() waits as long as the kernel's SYN retries allow
   throw Error(ErrorCode::handshake_failed, fmt::format("cannot connect to {}: {}", address, last));
 }
 
@@ -132,7 +145,7 @@ int accept_one(const std::string& address, std::chrono::milliseconds timeout) {
                   fmt::format("cannot listen on {}: {}", address, why));
     }
     const bool ready = wait_for(listener, POLLIN, Clock::now() + timeout);
-    const int fd = ready ? ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC) : -1;
+    const int fd = ready ? ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK) : -1;
     ::close(listener);
     if (fd < 0)
       throw Error(ErrorCode::handshake_failed,
@@ -149,7 +162,8 @@ nlohmann::json relay_handshake(api::Client& client, int fd, nlohmann::json start
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
-  const auto deadline = Clock::now() + timeout;
+  // `timeout` bounds each silence of the peer, not the whole exchange.
+  auto deadline = Clock::now() + timeout;
   nlohmann::json progress = std::move(started);
   const std::string session = progress.at("session").get<std::string>();
   try {
@@ -159,10 +173,12 @@ nlohmann::json relay_handshake(api::Client& client, int fd, nlohmann::json start
       if (!output) throw Error(ErrorCode::internal, "the daemon sent invalid base64");
       write_all(fd, *output, deadline);
       if (progress.at("done").get<bool>()) return progress;
-      if (!wait_for(fd, POLLIN, deadline))
-        throw Error(ErrorCode::handshake_failed, "timed out waiting for the peer");
-      const ssize_t n = ::recv(fd, buffer.data(), buffer.size(), 0);
-      if (n < 0 && errno == EINTR) continue;
+      ssize_t n = -1;
+      do {
+        if (!wait_for(fd, POLLIN, deadline))
+          throw Error(ErrorCode::handshake_failed, "timed out waiting for the peer");
+        n = ::recv(fd, buffer.data(), buffer.size(), 0);
+      } while (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK));
       if (n <= 0) {
         throw Error(ErrorCode::handshake_failed,
                     "the peer closed the connection before the handshake completed");
@@ -171,15 +187,15 @@ nlohmann::json relay_handshake(api::Client& client, int fd, nlohmann::json start
                              {{"session", session},
                               {"input", encoding::base64_encode(std::span<const std::uint8_t>(
                                             buffer.data(), static_cast<std::size_t>(n)))}});
+      deadline = Clock::now() + timeout;
     }
-  } catch (const Error& e) {
-    // The daemon ends a session itself when the handshake fails; a relay
-    // failure leaves it open, so end it here.
-    if (e.code() != ErrorCode::handshake_failed || progress.value("done", false) == false) {
-      try {
-        client.call("handshake.abort", {{"session", session}});
-      } catch (const Error&) {
-      }
+  } catch (...) {
+    // The daemon ends a session itself when the handshake fails or
+    // completes; a relay failure leaves it open, so end it here (an ended
+    // session answers not_found, which is fine).
+    try {
+      client.call("handshake.abort", {{"session", session}});
+    } catch (...) {
     }
     throw;
   }

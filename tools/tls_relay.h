@@ -24,7 +24,7 @@ int accept_one(const std::string& address, std::chrono::milliseconds timeout);
 // Relays a handshake the daemon has started (`started` is handshake.start's
 // result, so a bad credential fails before any connection is made) until it
 // completes; returns the last handshake.step result (with the stored key).
-// Closes `fd`. A peer that hangs up or stays silent past `timeout` ends the
+// Closes `fd`. A peer that hangs up, or stays silent for `timeout`, ends the
 // handshake with Error(handshake_failed), and the daemon's session is aborted.
 nlohmann::json relay_handshake(api::Client& client, int fd, nlohmann::json started,
                                std::chrono::milliseconds timeout);

@@ -57,19 +57,30 @@ X509NamePtr parse_subject(const std::string& text) {
   return name;
 }
 
-X509_EXTENSION* subject_alt_name(const std::vector<std::string>& sans) {
+// A v3 extension from OpenSSL's text form, made in a context that names the
+// request (a null context crashes some of OpenSSL's value parsers).
+X509_EXTENSION* extension(X509_REQ* req, int nid, const std::string& value) {
+  X509V3_CTX ctx;
+  X509V3_set_ctx(&ctx, nullptr, nullptr, req, nullptr, 0);
+  return X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str());
+}
+
+X509_EXTENSION* subject_alt_name(X509_REQ* req, const std::vector<std::string>& sans) {
   std::string value;
   for (const auto& san : sans) {
-    if (san.find(',') != std::string::npos || san.find(':') == std::string::npos) {
+    const auto colon = san.find(':');
+    const std::string type = colon == std::string::npos ? "" : san.substr(0, colon);
+    const bool known = type == "DNS" || type == "URI" || type == "IP" || type == "email";
+    if (!known || colon + 1 == san.size() || san.find(',') != std::string::npos) {
       throw Error(ErrorCode::invalid_argument,
-                  fmt::format("subjectAltName entry '{}' must be TYPE:value (DNS:, URI:, IP:, "
-                              "email:) without commas",
+                  fmt::format("subjectAltName entry '{}' must be DNS:, URI:, IP: or email: "
+                              "followed by a value without commas",
                               printable_excerpt(san)));
     }
     if (!value.empty()) value += ',';
     value += san;
   }
-  X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, nullptr, NID_subject_alt_name, value.c_str());
+  X509_EXTENSION* ext = extension(req, NID_subject_alt_name, value);
   if (!ext) {
     throw Error(ErrorCode::invalid_argument,
                 fmt::format("invalid subjectAltName '{}': {}", printable_excerpt(value),
@@ -99,20 +110,24 @@ std::string Vault::certificate_request(std::string_view key, const std::string& 
   }
   X509ReqPtr req(X509_REQ_new());
   if (!req) throw Error(ErrorCode::internal, "out of memory");
-  X509_REQ_set_version(req.get(), 0);
   X509NamePtr name = parse_subject(subject);
-  X509_REQ_set_subject_name(req.get(), name.get());
+  if (X509_REQ_set_version(req.get(), 0) != 1 ||
+      X509_REQ_set_subject_name(req.get(), name.get()) != 1)
+    throw Error(ErrorCode::internal, "cannot build the request");
 
   const unsigned char* p = record.public_key.data();
   EvpPkeyOwner public_key(d2i_PUBKEY(nullptr, &p, static_cast<long>(record.public_key.size())));
   if (!public_key) throw Error(ErrorCode::internal, "the catalog's public key does not parse");
-  X509_REQ_set_pubkey(req.get(), public_key.get());
+  if (X509_REQ_set_pubkey(req.get(), public_key.get()) != 1)
+    throw Error(ErrorCode::internal, "cannot build the request");
 
   StackOfExtensions extensions(sk_X509_EXTENSION_new_null());
-  if (!sans.empty()) sk_X509_EXTENSION_push(extensions.get(), subject_alt_name(sans));
+  if (!extensions) throw Error(ErrorCode::internal, "out of memory");
+  if (!sans.empty()) sk_X509_EXTENSION_push(extensions.get(), subject_alt_name(req.get(), sans));
   // TS-0003 10.1: keyUsage with digitalSignature.
-  sk_X509_EXTENSION_push(extensions.get(), X509V3_EXT_conf_nid(nullptr, nullptr, NID_key_usage,
-                                                               "critical,digitalSignature"));
+  X509_EXTENSION* key_usage = extension(req.get(), NID_key_usage, "critical,digitalSignature");
+  if (!key_usage) throw Error(ErrorCode::internal, openssl_errors("cannot make keyUsage"));
+  sk_X509_EXTENSION_push(extensions.get(), key_usage);
   if (X509_REQ_add_extensions(req.get(), extensions.get()) != 1)
     throw Error(ErrorCode::internal, openssl_errors("cannot add the request's extensions"));
 
@@ -151,11 +166,18 @@ KeyRecord Vault::attach_certificate(std::string_view key, const std::string& pem
   }
   std::string normalized;
   for (std::size_t i = 0; i < chain.size(); ++i) {
-    if (i + 1 < chain.size() &&
-        X509_check_issued(chain[i + 1].get(), chain[i].get()) != X509_V_OK) {
-      throw Error(ErrorCode::invalid_argument,
-                  fmt::format("certificate {} of the chain is not the issuer of certificate {}",
-                              i + 2, i + 1));
+    // Names and key ids match, and the signature verifies under the next
+    // certificate's key. (Dates are checked at each handshake, not here.)
+    if (i + 1 < chain.size()) {
+      EVP_PKEY* issuer_key = X509_get0_pubkey(chain[i + 1].get());
+      const bool issued = X509_check_issued(chain[i + 1].get(), chain[i].get()) == X509_V_OK &&
+                          issuer_key && X509_verify(chain[i].get(), issuer_key) == 1;
+      ERR_clear_error();
+      if (!issued) {
+        throw Error(ErrorCode::invalid_argument,
+                    fmt::format("certificate {} of the chain is not the issuer of certificate {}",
+                                i + 2, i + 1));
+      }
     }
     normalized += to_pem(chain[i].get());
   }

@@ -48,6 +48,10 @@ void read(const std::filesystem::path& file, const toml::table& table, std::stri
     auto v = node->value<std::int64_t>();
     if (!v || *v <= 0) bad(file, *node, fmt::format("'{}' must be a positive integer", key));
     out = std::chrono::milliseconds(*v);
+  } else if constexpr (std::is_same_v<T, bool>) {
+    auto v = node->value<bool>();
+    if (!v) bad(file, *node, fmt::format("'{}' must be true or false", key));
+    out = *v;
   } else if constexpr (std::is_same_v<T, std::chrono::seconds>) {
     auto v = node->value<std::int64_t>();
     if (!v || *v <= 0) bad(file, *node, fmt::format("'{}' must be a positive integer", key));
@@ -106,7 +110,7 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
     if (!h) bad(*file, *node, "'handshake' must be a table");
     check_keys(*file, *h,
                {"timeout_s", "per_principal", "ke_lifetime_s", "kc_lifetime_s", "e2e_lifetime_s",
-                "psk_ciphers", "certificate_ciphers"},
+                "psk_ciphers", "certificate_ciphers", "require_extended_master_secret"},
                "handshake.");
     read(*file, *h, "timeout_s", config.handshake.timeout);
     read(*file, *h, "per_principal", config.handshake.per_principal);
@@ -115,6 +119,8 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
     read(*file, *h, "e2e_lifetime_s", config.handshake.e2e_lifetime);
     read(*file, *h, "psk_ciphers", config.handshake.psk_ciphers);
     read(*file, *h, "certificate_ciphers", config.handshake.certificate_ciphers);
+    read(*file, *h, "require_extended_master_secret",
+         config.handshake.require_extended_master_secret);
   }
   if (const toml::node* node = root.get("id_format")) {
     const toml::table* formats = node->as_table();

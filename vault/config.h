@@ -37,6 +37,9 @@ struct HandshakeSettings {
   // OpenSSL cipher lists when a request names none (TS-0003 10.2.2 / 10.2.3).
   std::string psk_ciphers = "PSK-AES128-CBC-SHA256";
   std::string certificate_ciphers = "ECDHE-ECDSA-AES128-SHA256";
+  // RFC 7627 5.4: refuse to export keys from a handshake without the
+  // extended master secret. Off only for peers too old to offer it.
+  bool require_extended_master_secret = true;
 };
 
 struct Config {

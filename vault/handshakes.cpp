@@ -5,11 +5,13 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <ctime>
 
 #include "api/encoding.h"
 #include "api/error.h"
 #include "vault/identifiers.h"
 #include "vault/in_token.h"
+#include "vault/x509_util.h"
 
 namespace m2mvault::vault {
 
@@ -47,6 +49,14 @@ Error session_not_found(const std::string& id) {
                            printable_excerpt(id)));
 }
 
+// The first certificate's notAfter, as Unix seconds.
+std::optional<std::int64_t> leaf_not_after(const std::string& pem) {
+  auto chain = read_certificates(pem, "the key's certificate");
+  struct tm tm {};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(chain.front().get()), &tm) != 1) return std::nullopt;
+  return static_cast<std::int64_t>(timegm(&tm));
+}
+
 }  // namespace
 
 struct Handshakes::Session {
@@ -57,6 +67,7 @@ struct Handshakes::Session {
   std::optional<std::string> parent;              // the PSK credential's name
   std::optional<std::int64_t> credential_expiry;  // the credential's expiry
   std::mutex mutex;                               // one step at a time
+  bool ended = false;                             // under `mutex`: aborted, failed or done
   std::unique_ptr<TlsExchange> exchange;
 };
 
@@ -100,8 +111,9 @@ Handshakes::Progress Handshakes::start(uid_t owner, const HandshakeSpec& spec,
   settings.server = spec.procedure == HandshakeProcedure::escertke_respond;
   settings.server_name = escertke ? spec.peer.value_or(spec.peer_name) : spec.fqdn;
   settings.cipher_suites = !spec.cipher_suites.empty() ? spec.cipher_suites
-                          : spec.psk_key            ? config_.handshake.psk_ciphers
-                                                    : config_.handshake.certificate_ciphers;
+                           : spec.psk_key              ? config_.handshake.psk_ciphers
+                                                       : config_.handshake.certificate_ciphers;
+  settings.require_extended_master_secret = config_.handshake.require_extended_master_secret;
 
   if (spec.psk_key) {
     const KeyRecord key = vault_.usable(*spec.psk_key);
@@ -146,7 +158,12 @@ Handshakes::Progress Handshakes::start(uid_t owner, const HandshakeSpec& spec,
     cred.peer.root_of_trust = *spec.root_of_trust;
     if (!spec.anchors_pem.empty()) cred.peer.anchor_candidates_pem.push_back(spec.anchors_pem);
     settings.certificate = std::move(cred);
+    // Nor does it outlive the certificate it was authenticated with.
     session->credential_expiry = key.expires;
+    if (auto not_after = leaf_not_after(*key.certificate)) {
+      session->credential_expiry =
+          std::min(session->credential_expiry.value_or(*not_after), *not_after);
+    }
   }
   session->exchange = std::make_unique<TlsExchange>(se_, std::move(settings));
 
@@ -185,6 +202,10 @@ Handshakes::Progress Handshakes::step(uid_t owner, const std::string& session,
 
 void Handshakes::abort(uid_t owner, const std::string& session) {
   auto s = take(owner, session);
+  // Waits for a step in progress: after abort() returns, nothing is stored.
+  std::lock_guard step_lock(s->mutex);
+  if (s->ended) throw session_not_found(session);
+  s->ended = true;
   std::lock_guard lock(mutex_);
   sessions_.erase(s->id);
 }
@@ -192,7 +213,9 @@ void Handshakes::abort(uid_t owner, const std::string& session) {
 Handshakes::Progress Handshakes::advance(const std::shared_ptr<Session>& session,
                                          std::span<const std::uint8_t> input) {
   std::lock_guard step_lock(session->mutex);
+  if (session->ended) throw session_not_found(session->id);
   auto finish = [&] {
+    session->ended = true;
     std::lock_guard lock(mutex_);
     sessions_.erase(session->id);
   };
@@ -245,6 +268,8 @@ Handshakes::Progress Handshakes::advance(const std::shared_ptr<Session>& session
     // TS-0003 10.7: a key never outlives the credential it came from.
     std::int64_t expires = spec.expires.value_or(clock_() + lifetime.count());
     if (session->credential_expiry) expires = std::min(expires, *session->credential_expiry);
+    if (auto peer_not_after = session->exchange->peer_not_after())
+      expires = std::min(expires, *peer_not_after);
     out.expires = expires;
     progress.key = vault_.store_exported_key(out, exported);
     progress.cipher = session->exchange->cipher();

@@ -5,6 +5,7 @@
 #include <openssl/ssl.h>
 
 #include <algorithm>
+#include <ctime>
 
 #include "api/encoding.h"
 #include "api/error.h"
@@ -29,13 +30,54 @@ std::string host_form(std::string_view name) {
   return lower(name.substr(0, slash)) + std::string(name.substr(slash));
 }
 
+// The Subject's common name counts only when the certificate has no DNS or
+// URI subjectAltName (RFC 6125 6.4.4): TR-0038 Annex B's CSE certificates
+// all carry CN=my.m2mprovider.org, and the CSE-ID is in the SAN.
 bool certificate_name_matches(const CertificateNames& names, const std::string& wanted) {
   const std::string wanted_host = host_form(wanted);
   for (const auto& n : names.dns)
     if (host_form(n) == wanted_host) return true;
+  if (std::find(names.uri.begin(), names.uri.end(), wanted) != names.uri.end()) return true;
+  if (!names.dns.empty() || !names.uri.empty()) return false;
   for (const auto& n : names.common_names)
     if (host_form(n) == wanted_host) return true;
-  return std::find(names.uri.begin(), names.uri.end(), wanted) != names.uri.end();
+  return false;
+}
+
+std::vector<std::string> names_compared(const CertificateNames& names) {
+  if (!names.dns.empty() || !names.uri.empty()) {
+    std::vector<std::string> out = names.dns;
+    out.insert(out.end(), names.uri.begin(), names.uri.end());
+    return out;
+  }
+  return names.common_names;
+}
+
+// A certificate signed by its own key, with a valid signature.
+bool is_validly_self_signed(X509* cert) {
+  EVP_PKEY* key = X509_get0_pubkey(cert);
+  const bool ok = key && X509_verify(cert, key) == 1;
+  ERR_clear_error();
+  return ok;
+}
+
+// Every suite in the list authenticates as the credential requires: a PSK
+// suite for a PSK, a certificate suite otherwise. A mixed list would let a
+// peer that knows no PSK pick an unauthenticated (to us) certificate suite,
+// and an anonymous suite would skip the peer check.
+void check_suites_authenticate(SSL_CTX* ctx, bool psk, const std::string& suites) {
+  const STACK_OF(SSL_CIPHER)* list = SSL_CTX_get_ciphers(ctx);
+  for (int i = 0; list && i < sk_SSL_CIPHER_num(list); ++i) {
+    const SSL_CIPHER* c = sk_SSL_CIPHER_value(list, i);
+    const int auth = SSL_CIPHER_get_auth_nid(c);
+    const bool fits = psk ? auth == NID_auth_psk : (auth == NID_auth_ecdsa || auth == NID_auth_rsa);
+    if (!fits) {
+      throw Error(ErrorCode::invalid_argument,
+                  fmt::format("cipher suite {} in '{}' does not authenticate with {}",
+                              SSL_CIPHER_get_name(c), printable_excerpt(suites),
+                              psk ? "the PSK" : "certificates"));
+    }
+  }
 }
 
 std::string joined(const std::vector<std::string>& names) {
@@ -60,40 +102,71 @@ struct TlsExchange::State {
   BIO* network_out = nullptr;  // owned by ssl
   std::string failure;         // why a callback refused, for the error message
   std::vector<std::string> peer_names;
+  std::optional<std::int64_t> peer_not_after;
+  bool peer_verified = false;  // check_peer() accepted the peer's certificate
   bool done = false;
   bool failed = false;
 
   State(hsm::SecureElement& s, TlsExchangeSettings t) : se(s), settings(std::move(t)) {}
 
+  // libssl callbacks: nothing may be thrown through C.
   static unsigned int psk_client(SSL* ssl, const char* /*hint*/, char* identity,
                                  unsigned int max_identity_len, unsigned char* psk,
-                                 unsigned int max_psk_len) {
+                                 unsigned int max_psk_len) noexcept {
     auto* st = static_cast<State*>(SSL_get_app_data(ssl));
-    const PskCredential& cred = *st->settings.psk;
-    if (cred.identity.size() + 1 > max_identity_len) {
-      st->failure = "the psk_identity is too long for TLS";
-      return 0;
-    }
-    std::copy(cred.identity.begin(), cred.identity.end(), identity);
-    identity[cred.identity.size()] = '\0';
     try {
+      const PskCredential& cred = *st->settings.psk;
+      if (cred.identity.size() + 1 > max_identity_len) {
+        st->failure = "the psk_identity is too long for TLS";
+        return 0;
+      }
+      std::copy(cred.identity.begin(), cred.identity.end(), identity);
+      identity[cred.identity.size()] = '\0';
       return static_cast<unsigned int>(hsm::copy_psk_for_tls(
           st->se, hsm::WrappedSecretRef{cred.blob}, std::span<std::uint8_t>(psk, max_psk_len)));
     } catch (const std::exception& e) {
-      st->failure = fmt::format("the PSK cannot be used: {}", e.what());
+      st->record_failure("the PSK cannot be used: ", e.what());
+      return 0;
+    } catch (...) {
       return 0;
     }
   }
 
   // Replaces libssl's chain verification with TS-0003 8.1.1.2.2's.
-  static int verify_peer(X509_STORE_CTX* store_ctx, void* arg) {
+  static int verify_peer(X509_STORE_CTX* store_ctx, void* arg) noexcept {
     auto* st = static_cast<State*>(arg);
     try {
-      return st->check_peer(store_ctx) ? 1 : 0;
+      const bool ok = st->check_peer(store_ctx);
+      st->peer_verified = ok;
+      return ok ? 1 : 0;
     } catch (const std::exception& e) {
-      st->failure = e.what();
-      X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_UNSPECIFIED);
-      return 0;
+      st->record_failure("", e.what());
+    } catch (...) {
+    }
+    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_UNSPECIFIED);
+    return 0;
+  }
+
+  // Why a completed handshake may not be trusted, or nullptr. Belt and
+  // braces over the suite list: the suite must authenticate as the
+  // credential does, a certificate peer must have passed check_peer(), and
+  // the extended master secret (RFC 7627 5.4) must back the key export.
+  const char* unauthenticated() const {
+    const SSL_CIPHER* c = SSL_get_current_cipher(ssl.get());
+    const int auth = c ? SSL_CIPHER_get_auth_nid(c) : NID_undef;
+    if (settings.psk && auth != NID_auth_psk) return "the negotiated suite is not a PSK suite";
+    if (settings.certificate && !peer_verified) return "the peer's certificate was not verified";
+    if (settings.require_extended_master_secret && SSL_get_extms_support(ssl.get()) != 1) {
+      return "the peer did not negotiate the extended master secret (RFC 7627), which key "
+             "export needs";
+    }
+    return nullptr;
+  }
+
+  void record_failure(const char* prefix, const char* what) noexcept {
+    try {
+      failure = std::string(prefix) + what;
+    } catch (...) {
     }
   }
 
@@ -110,19 +183,27 @@ struct TlsExchange::State {
     if (!certificate_name_matches(names, check.certificate_name)) {
       failure = fmt::format(
           "the peer's certificate names ({}) do not include the configured Certificate Name '{}'",
-          joined(names.all()), printable_excerpt(check.certificate_name));
+          joined(names_compared(names)), printable_excerpt(check.certificate_name));
       X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_HOSTNAME_MISMATCH);
       return false;
     }
 
     // The Root of Trust names a key: find the certificate that carries it.
+    // Certificates the operator gave (the vault's own chain, --ca) come
+    // first and are taken as they are. One the peer sent is taken only when
+    // its fields are the key holder's word: the leaf itself (the handshake
+    // proves possession of its key) or a certificate validly self-signed by
+    // that key. Otherwise a peer could pair the root's key with dates and
+    // constraints of its own making.
     X509* anchor = nullptr;
-    auto consider = [&](X509* c) {
-      if (!anchor && key_hash(spki_of(c)) == check.root_of_trust) anchor = c;
-    };
-    consider(leaf);
-    for (int i = 0; sent && i < sk_X509_num(sent); ++i) consider(sk_X509_value(sent, i));
-    for (const auto& c : extra_anchors) consider(c.get());
+    auto matches = [&](X509* c) { return key_hash(spki_of(c)) == check.root_of_trust; };
+    for (const auto& c : extra_anchors)
+      if (!anchor && matches(c.get())) anchor = c.get();
+    if (!anchor && matches(leaf)) anchor = leaf;
+    for (int i = 0; !anchor && sent && i < sk_X509_num(sent); ++i) {
+      X509* c = sk_X509_value(sent, i);
+      if (matches(c) && is_validly_self_signed(c)) anchor = c;
+    }
     if (!anchor) {
       failure = fmt::format(
           "no certificate in the peer's chain or the vault's own chain has the Root of Trust key "
@@ -138,10 +219,16 @@ struct TlsExchange::State {
         X509_STORE_CTX_init(verify.get(), store.get(), leaf, sent) != 1) {
       throw Error(ErrorCode::internal, "cannot set up certificate verification");
     }
-    // The anchor is trusted because its key is the Root of Trust, whether or
-    // not it is self-signed. Extended key usage is not enforced: a CSE is a
-    // TLS client to some peers and a server to others with one certificate.
-    X509_STORE_CTX_set_flags(verify.get(), X509_V_FLAG_PARTIAL_CHAIN);
+    // libssl's verification settings (security level, depth) apply. The
+    // anchor is trusted because its key is the Root of Trust, whether or not
+    // it is self-signed. Extended key usage is not enforced: a CSE is a TLS
+    // client to some peers and a server to others with one certificate.
+    X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(verify.get());
+    if (X509_VERIFY_PARAM_set1(param, X509_STORE_CTX_get0_param(store_ctx)) != 1)
+      throw Error(ErrorCode::internal, "cannot copy the TLS verification settings");
+    X509_VERIFY_PARAM_set_purpose(param, X509_PURPOSE_ANY);
+    X509_VERIFY_PARAM_set_trust(param, X509_TRUST_DEFAULT);
+    X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_PARTIAL_CHAIN);
     if (X509_verify_cert(verify.get()) != 1) {
       const int err = X509_STORE_CTX_get_error(verify.get());
       failure = fmt::format("the peer's certificate chain does not verify to the Root of Trust: {}",
@@ -149,7 +236,9 @@ struct TlsExchange::State {
       X509_STORE_CTX_set_error(store_ctx, err);
       return false;
     }
-    peer_names = names.all();
+    peer_names = names_compared(names);
+    struct tm tm {};
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(leaf), &tm) == 1) peer_not_after = timegm(&tm);
     return true;
   }
 };
@@ -174,11 +263,13 @@ TlsExchange::TlsExchange(hsm::SecureElement& se, TlsExchangeSettings settings)
   const std::string suites = !s.cipher_suites.empty()
                                  ? s.cipher_suites
                                  : (s.psk ? kPskCipherSuites : kCertificateCipherSuites);
-  if (SSL_CTX_set_cipher_list(ctx, suites.c_str()) != 1) {
+  // No TLS 1.3 suites in the list (TLS 1.3 is off), so every entry is checked.
+  if (SSL_CTX_set_ciphersuites(ctx, "") != 1 || SSL_CTX_set_cipher_list(ctx, suites.c_str()) != 1) {
     ERR_clear_error();
     throw Error(ErrorCode::invalid_argument,
                 fmt::format("no usable TLS 1.2 cipher suite in '{}'", printable_excerpt(suites)));
   }
+  check_suites_authenticate(ctx, s.psk.has_value(), suites);
 
   if (s.certificate) {
     const auto& cred = *s.certificate;
@@ -258,6 +349,10 @@ TlsExchange::Step TlsExchange::process(std::span<const std::uint8_t> input) {
   ERR_clear_error();
   const int rc = SSL_do_handshake(st.ssl.get());
   if (rc == 1) {
+    if (const char* why = st.unauthenticated()) {
+      st.failed = true;
+      throw Error(ErrorCode::handshake_failed, fmt::format("TLS handshake failed: {}", why));
+    }
     st.done = true;
   } else {
     const int err = SSL_get_error(st.ssl.get(), rc);
@@ -289,6 +384,10 @@ std::string TlsExchange::cipher() const {
 
 std::vector<std::string> TlsExchange::peer_names() const {
   return state_->peer_names;
+}
+
+std::optional<std::int64_t> TlsExchange::peer_not_after() const {
+  return state_->peer_not_after;
 }
 
 std::array<std::uint8_t, 32> certificate_key_hash(const std::string& pem) {

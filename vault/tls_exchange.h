@@ -53,6 +53,8 @@ struct TlsExchangeSettings {
   std::string cipher_suites;
   std::optional<PskCredential> psk;                  // exactly one of psk ...
   std::optional<CertificateCredential> certificate;  // ... and certificate
+  // RFC 7627 5.4: key export without the extended master secret is unsafe.
+  bool require_extended_master_secret = true;
 };
 
 class TlsExchange {
@@ -81,10 +83,12 @@ class TlsExchange {
   // After done: the 48 bytes of RFC 5705 keying material for `label`.
   hsm::ExportedKey export_key(std::string_view label);
 
-  // After done: the negotiated suite and the peer certificate's names (for
-  // the record of whom a key is shared with).
+  // After done: the negotiated suite and the peer certificate's names that
+  // were compared with the Certificate Name.
   std::string cipher() const;
   std::vector<std::string> peer_names() const;
+  // The peer certificate's notAfter (certificate variant).
+  std::optional<std::int64_t> peer_not_after() const;
 
   struct State;
 

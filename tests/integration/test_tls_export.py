@@ -142,6 +142,33 @@ class PskHandshakeTest(ExportChecks, DaemonTestCase):
         self.assertIn("handshake_failed", p.stderr.decode())
         self.assertEqual(self.key_count(), before)
 
+    def test_a_cipher_list_with_a_certificate_suite_is_refused(self):
+        # Otherwise a server knowing no PSK could pick the certificate suite.
+        self.import_psk("kpm", "enrolee-0006@mef.provider.org", os.urandom(32))
+        for ciphers in ("PSK-AES128-CBC-SHA256:ECDHE-ECDSA-AES128-SHA256", "DEFAULT"):
+            p = self.run_cli("enrol", "--mef", "127.0.0.1:9", "--mef-fqdn", MEF,
+                             "--kpm", "enrolee-0006@mef.provider.org", "--ciphers", ciphers)
+            self.assertEqual(p.returncode, 10, p.stderr.decode())
+            self.assertIn("does not authenticate with the PSK", p.stderr.decode())
+
+    def test_key_export_needs_the_extended_master_secret(self):
+        # RFC 7627 5.4: a peer without it is refused, nothing stored.
+        kpm = os.urandom(32)
+        self.import_psk("kpm", "enrolee-0007@mef.provider.org", kpm)
+        before = self.key_count()
+        conf = os.path.join(self.daemon.root, "no-ems.cnf")
+        with open(conf, "w") as f:
+            f.write("openssl_conf = conf\n[conf]\nssl_conf = ssl\n[ssl]\nsystem_default = sys\n"
+                    "[sys]\nOptions = -ExtendedMasterSecret\n")
+        srv = SServer(label=BOOTSTRAP_LABEL, psk_hex=kpm.hex())
+        srv.env = dict(os.environ, OPENSSL_CONF=conf)
+        with srv:
+            p = self.run_cli("enrol", "--mef", f"127.0.0.1:{srv.port}", "--mef-fqdn", MEF,
+                             "--kpm", "enrolee-0007@mef.provider.org")
+        self.assertEqual(p.returncode, HANDSHAKE_FAILED, p.stderr.decode())
+        self.assertIn("extended master secret", p.stderr.decode())
+        self.assertEqual(self.key_count(), before)
+
     def test_credential_of_the_wrong_kind_is_refused(self):
         self.import_psk("kpsa", "AE-x@in.provider.org", os.urandom(16))
         p = self.run_cli("enrol", "--mef", "127.0.0.1:9", "--mef-fqdn", MEF, "--kpm", "AE-x@in.provider.org")
@@ -347,6 +374,74 @@ class CertificateHandshakeTest(ExportChecks, unittest.TestCase):
 
     def test_peer_not_chained_to_the_root_is_refused(self):
         self.refused("does not verify", key=self.foreign_key, cert=self.foreign_cert)
+
+    def test_subject_cn_does_not_count_when_the_certificate_has_sans(self):
+        # CN claims the IN-CSE, the SAN says MN-CSE: the SAN decides.
+        key, cert = self.pki.make_leaf("cn-trick", "/C=DE/O=Provider/CN=" + IN_CSE.replace("/", "\\/"),
+                                       f"DNS:{MN_CSE}")
+        self.refused("Certificate Name", key=key, cert=cert)
+
+    def test_anonymous_suites_are_refused(self):
+        p = self.daemon.cli("maf-handshake", "--maf", "127.0.0.1:9", "--maf-fqdn", MAF, *self.cert_args(),
+                            "--ciphers", "aNULL:@SECLEVEL=0")
+        self.assertEqual(p.returncode, 10, p.stderr.decode())
+
+    def leaf_only_key(self):
+        """A vault key whose certificate chain holds no root: the root must
+        come from the peer."""
+        if not getattr(type(self), "_leaf_only", None):
+            self.daemon.cli("key", "generate", "--name", "leaf-only", check=True)
+            csr = os.path.join(self.dir, "leaf-only.csr")
+            self.daemon.cli("cert", "csr", "--key", "leaf-only", "--subject", "/CN=leaf-only", "--out", csr,
+                            check=True)
+            self.daemon.cli("cert", "import", "--key", "leaf-only",
+                            self.pki.sign_csr(csr, "leaf-only", san=f"DNS:{MN_CSE}"), check=True)
+            type(self)._leaf_only = True
+        return ["--key", "leaf-only", "--peer-name", IN_CSE, "--root-of-trust", self.root_of_trust]
+
+    def test_a_self_signed_root_sent_by_the_peer_anchors_the_chain(self):
+        args = self.leaf_only_key()
+        with SServer(label=CONNECTION_LABEL, key=self.in_key, cert=self.in_cert, ca_file=self.ca_cert,
+                     verify_client=True, extra=("-cert_chain", self.ca_cert)) as srv:
+            key = self.cli_key("maf-handshake", "--maf", f"127.0.0.1:{srv.port}", "--maf-fqdn", MAF, *args)
+            km = srv.keying_material()
+        self.assert_stored(key, km, MAF, "kc")
+
+    def test_a_forged_root_sent_by_the_peer_is_no_anchor(self):
+        # The real root's name and key, signed by someone else: its dates and
+        # constraints would be the forger's, so it may not anchor the chain.
+        self.pki.make_ca("evil-ca", subject="/C=DE/O=oneM2M Test CA/CN=Test Root CA")
+        csr = os.path.join(self.dir, "forged-root.csr")
+        tlspeer.openssl("req", "-new", "-key", self.ca_key, "-subj", "/C=DE/O=oneM2M Test CA/CN=Test Root CA",
+                        "-out", csr)
+        forged = self.pki.sign_csr(csr, "forged-root", ca="evil-ca", san="DNS:forged.example.com")
+        self.assertEqual(spki_sha256(forged), self.root_of_trust)
+        args = self.leaf_only_key()
+        before = self.key_count()
+        with SServer(label=CONNECTION_LABEL, key=self.in_key, cert=self.in_cert, ca_file=self.ca_cert,
+                     verify_client=True, extra=("-cert_chain", forged)) as srv:
+            p = self.daemon.cli("maf-handshake", "--maf", f"127.0.0.1:{srv.port}", "--maf-fqdn", MAF, *args)
+        self.assertEqual(p.returncode, HANDSHAKE_FAILED, p.stderr.decode())
+        self.assertIn("Root of Trust", p.stderr.decode())
+        self.assertEqual(self.key_count(), before)
+
+    def test_unknown_san_types_are_refused_and_the_daemon_survives(self):
+        for san in ("dirName:foo", "otherName:1.2.3;UTF8:x", "DNS:", "nocolon"):
+            p = self.daemon.cli("cert", "csr", "--key", "mn-cse", "--subject", "/CN=x", "--san", san)
+            self.assertEqual(p.returncode, 10, f"{san}: {p.stderr.decode()}")
+        self.assertEqual(self.daemon.cli("status").returncode, 0)
+
+    def test_kc_never_outlives_the_peer_certificate(self):
+        key_path, cert_path = self.pki.make_leaf("short-in-cse", "/CN=in-cse", f"DNS:{IN_CSE}", days=2)
+        not_after = subprocess.run(["openssl", "x509", "-in", cert_path, "-noout", "-enddate"],
+                                   capture_output=True, text=True, check=True).stdout.strip().split("=", 1)[1]
+        end = datetime.datetime.strptime(not_after, "%b %d %H:%M:%S %Y %Z").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+        with self.in_cse_server(CONNECTION_LABEL, key=key_path, cert=cert_path) as srv:
+            key = self.cli_key("maf-handshake", "--maf", f"127.0.0.1:{srv.port}", "--maf-fqdn", MAF,
+                               *self.cert_args())
+            srv.keying_material()
+        self.assertEqual(parse_time(key["expires"]), end)
 
     # --- message mode: two vaults carry the four ESCertKE messages ----
 

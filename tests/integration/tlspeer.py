@@ -301,6 +301,7 @@ class _Peer:
     (no pipe can fill up), killed on close()."""
 
     kind = "peer"
+    env = None  # environment of the openssl process (None: inherit)
 
     def __init__(self, label, keymat_len):
         self.label = label
@@ -319,7 +320,7 @@ class _Peer:
     def _spawn(self, args, stdin):
         self.args = [OPENSSL, *args]
         with open(self._out_path, "wb") as out, open(self._err_path, "wb") as err:
-            self.proc = subprocess.Popen(self.args, stdin=stdin, stdout=out, stderr=err)
+            self.proc = subprocess.Popen(self.args, stdin=stdin, stdout=out, stderr=err, env=self.env)
         with _live_lock:
             _live.add(self)
 
