@@ -49,9 +49,9 @@ void read(const std::filesystem::path& file, const toml::table& table, std::stri
     if (!v || *v <= 0) bad(file, *node, fmt::format("'{}' must be a positive integer", key));
     out = std::chrono::milliseconds(*v);
   } else if constexpr (std::is_same_v<T, bool>) {
-    auto v = node->value<bool>();
+    const auto* v = node->as_boolean();  // strict: value<bool>() would take 1
     if (!v) bad(file, *node, fmt::format("'{}' must be true or false", key));
-    out = *v;
+    out = v->get();
   } else if constexpr (std::is_same_v<T, std::chrono::seconds>) {
     auto v = node->value<std::int64_t>();
     if (!v || *v <= 0) bad(file, *node, fmt::format("'{}' must be a positive integer", key));

@@ -109,11 +109,15 @@ TEST_F(ConfigFile, HandshakeDefaultsAndOverrides) {
   EXPECT_EQ(c.handshake.kc_lifetime, std::chrono::seconds(200));
   EXPECT_EQ(c.handshake.e2e_lifetime, std::chrono::seconds(300));
   EXPECT_EQ(c.handshake.psk_ciphers, "PSK-AES256-CBC-SHA384");
+  EXPECT_TRUE(c.handshake.require_extended_master_secret);
+  EXPECT_FALSE(load_config(write("[handshake]\nrequire_extended_master_secret = false\n"))
+                   .handshake.require_extended_master_secret);
 }
 
 TEST_F(ConfigFile, HandshakeSectionRejectsUnknownKeysAndNonPositiveValues) {
   for (const char* text : {"[handshake]\ntimeout = 5\n", "[handshake]\ntimeout_s = 0\n",
-                           "[handshake]\nper_principal = -1\n", "handshake = 3\n"}) {
+                           "[handshake]\nper_principal = -1\n", "handshake = 3\n",
+                           "[handshake]\nrequire_extended_master_secret = 1\n"}) {
     try {
       load_config(write(text));
       FAIL() << "accepted: " << text;
