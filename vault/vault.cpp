@@ -184,10 +184,18 @@ KeyRecord Vault::import_key(const ImportSpec& spec, std::span<const std::uint8_t
   record.storage = Storage::token;
   record.check_value = check_value_text(
       in_token([&] { return se_.wrap_secret_with_mac(secret, as_bytes(kCheckValueLabel)); }).mac);
+  return insert_token_secret(std::move(record), [&](std::span<const std::uint8_t> object_id) {
+    se_.create_token_secret(object_id, secret);
+  });
+}
+
+KeyRecord Vault::insert_token_secret(
+    KeyRecord record, const std::function<void(std::span<const std::uint8_t>)>& create) {
+  record.storage = Storage::token;
   record.object_id = in_token([&] { return se_.new_object_id(); });
   KeyRecord pending = catalog_.insert_pending(std::move(record));
   try {
-    in_token([&] { se_.create_token_secret(pending.object_id, secret); });
+    in_token([&] { create(pending.object_id); });
   } catch (...) {
     catalog_.remove(pending.row);
     throw;
@@ -344,16 +352,9 @@ KeyRecord Vault::store_exported_key(const ExportedKeySpec& spec, const hsm::Expo
   record.storage = Storage::token;
   record.check_value =
       check_value_text(in_token([&] { return key.mac(as_bytes(kCheckValueLabel)); }));
-  record.object_id = in_token([&] { return se_.new_object_id(); });
-  KeyRecord pending = catalog_.insert_pending(std::move(record));
-  try {
-    in_token([&] { key.create_token_secret(se_, pending.object_id); });
-  } catch (...) {
-    catalog_.remove(pending.row);
-    throw;
-  }
-  catalog_.activate(pending.row);
-  return pending;
+  return insert_token_secret(std::move(record), [&](std::span<const std::uint8_t> object_id) {
+    key.create_token_secret(se_, object_id);
+  });
 }
 
 KeyRecord Vault::set_identifier(std::string_view key, const std::string& identifier) {

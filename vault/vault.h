@@ -169,6 +169,10 @@ class Vault {
 
  private:
   bool pending_key_works(const KeyRecord& row, std::vector<std::uint8_t>& spki);
+  // Two-phase create of a Ke (DESIGN.md): pending row with a fresh CKA_ID,
+  // `create` makes the token object, the row is activated.
+  KeyRecord insert_token_secret(KeyRecord record,
+                                const std::function<void(std::span<const std::uint8_t>)>& create);
   KeyRecord find_or_throw(std::string_view key);
   KeyRecord usable_or_throw(std::string_view key);
   std::string check_value_of(const hsm::SecretRef& ref);

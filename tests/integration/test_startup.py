@@ -6,7 +6,7 @@ import os
 import subprocess
 import unittest
 
-from vaultlib import DAEMON, SOFTHSM2, Daemon, VaultError, b64, openssl_verify
+from vaultlib import DAEMON, SOFTHSM2, Daemon, VaultError, b64, make_vendor_token_key, openssl_verify
 
 
 def tree_digest(root):
@@ -126,15 +126,8 @@ class AdoptTest(unittest.TestCase):
         self.addCleanup(daemon.cleanup)
         daemon.start()
         daemon.stop()
-        env = dict(os.environ, SOFTHSM2_CONF=os.path.join(daemon.state, "softhsm2.conf"))
-        with open(os.path.join(daemon.state, "user-pin")) as f:
-            pin = f.read().strip()
         # The vault logs in to an adopted key's token with its own user PIN.
-        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "vendor", "--so-pin", "12345678",
-                        "--pin", pin], check=True, capture_output=True, env=env)
-        subprocess.run(["pkcs11-tool", "--module", SOFTHSM2, "--token-label", "vendor", "--login", "--pin", pin,
-                        "--keypairgen", "--key-type", "EC:prime256v1", "--label", "device-key", "--id", "0a0b"],
-                       check=True, capture_output=True, env=env)
+        env, pin = make_vendor_token_key(daemon)
         daemon.start()
         shown = daemon.cli_json("key", "adopt", "--kind", "signing", "--name", "device", "--token-label", "vendor",
                                 "--object", "device-key")

@@ -17,7 +17,7 @@ import unittest
 import tlspeer
 from tlspeer import (BOOTSTRAP_LABEL, CERT_CIPHER, CONNECTION_LABEL, PSK_CIPHER, Pki, SClient, SServer,
                      expected_id, keymat_split, spki_sha256)
-from vaultlib import CLI, SOFTHSM2, Daemon, DaemonTestCase, b64
+from vaultlib import CLI, Daemon, DaemonTestCase, b64, make_vendor_token_key
 
 ESCERTKE_LABEL = "EXPORTER-oneM2M-ESCertKE"
 MEF = "mef.provider.org"
@@ -509,14 +509,7 @@ class AdoptedKeyHandshakeTest(ExportChecks, unittest.TestCase):
         self.addCleanup(self.daemon.cleanup)
         self.daemon.start()
         self.daemon.stop()
-        env = dict(os.environ, SOFTHSM2_CONF=os.path.join(self.daemon.state, "softhsm2.conf"))
-        with open(os.path.join(self.daemon.state, "user-pin")) as f:
-            pin = f.read().strip()
-        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "vendor", "--so-pin", "12345678",
-                        "--pin", pin], check=True, capture_output=True, env=env)
-        subprocess.run(["pkcs11-tool", "--module", SOFTHSM2, "--token-label", "vendor", "--login", "--pin", pin,
-                        "--keypairgen", "--key-type", "EC:prime256v1", "--label", "device-key", "--id", "0c0d"],
-                       check=True, capture_output=True, env=env)
+        make_vendor_token_key(self.daemon, key_id="0c0d")
         self.daemon.start()
         self.daemon.cli("key", "adopt", "--kind", "signing", "--name", "device", "--token-label", "vendor",
                         "--object", "device-key", check=True)

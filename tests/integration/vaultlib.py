@@ -205,6 +205,21 @@ class Daemon:
         return labels
 
 
+def make_vendor_token_key(daemon, label="vendor", key_label="device-key", key_id="0a0b"):
+    """A manufacturer's token beside the vault's (same SoftHSM2 config,
+    the vault's user PIN) holding one P-256 key pair; the daemon must be
+    stopped."""
+    env = dict(os.environ, SOFTHSM2_CONF=os.path.join(daemon.state, "softhsm2.conf"))
+    with open(os.path.join(daemon.state, "user-pin")) as f:
+        pin = f.read().strip()
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "12345678",
+                    "--pin", pin], check=True, capture_output=True, env=env)
+    subprocess.run(["pkcs11-tool", "--module", SOFTHSM2, "--token-label", label, "--login", "--pin", pin,
+                    "--keypairgen", "--key-type", "EC:prime256v1", "--label", key_label, "--id", key_id],
+                   check=True, capture_output=True, env=env)
+    return env, pin
+
+
 class DaemonTestCase(unittest.TestCase):
     """A fresh daemon per test class."""
 
