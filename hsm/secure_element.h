@@ -16,6 +16,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <variant>
@@ -145,6 +146,18 @@ class SecureElement {
 
   // The public key of a token key pair, DER SubjectPublicKeyInfo.
   virtual Bytes public_key(const TokenKeyRef& key) = 0;
+
+  // --- the audit log (policies/audit_log.h) ------------------------------
+
+  // HMAC-SHA-256 with the vault's audit key: a persistent, sensitive,
+  // non-extractable token secret created when the backend opens, so whoever
+  // can rewrite the log but not use the token cannot forge its chain.
+  virtual Hmac audit_mac(std::span<const std::uint8_t> data) = 0;
+
+  // The audit checkpoint kept in the token (a private data object), and
+  // read back; nullopt before the first one.
+  virtual void store_audit_checkpoint(std::span<const std::uint8_t> value) = 0;
+  virtual std::optional<Bytes> load_audit_checkpoint() = 0;
 
   // The private key as an EVP_PKEY whose private operations run inside the
   // token, for libssl in a handshake the daemon runs and for signing a CSR.

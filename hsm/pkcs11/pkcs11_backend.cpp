@@ -56,6 +56,7 @@ class Pkcs11Backend final : public SecureElement {
                                             "' has no key labelled '" + kKekLabel + "'");
     }
     kek_ = *kek;
+    audit_key_ = token_->find_or_generate_audit_key();
     signer_ = std::make_unique<Libp11Keys>(config.module, config.token_label,
                                            SecureBuffer::copy_of(token_->pin().span()));
   }
@@ -211,6 +212,46 @@ class Pkcs11Backend final : public SecureElement {
     return sign_digest_with(pkey.get(), scheme, digest);
   }
 
+  Hmac audit_mac(std::span<const std::uint8_t> data) override {
+    auto session = token_->sessions().borrow();
+    return token_hmac(fn(), session.handle(), audit_key_, data);
+  }
+
+  // A private token data object, replaced as a whole (destroy, then create:
+  // not every token lets CKA_VALUE of a data object be modified).
+  void store_audit_checkpoint(std::span<const std::uint8_t> value) override {
+    std::lock_guard lock(checkpoint_mutex_);
+    auto session = token_->sessions().borrow();
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    std::array create{attr(CKA_CLASS, cls),
+                      attr(CKA_TOKEN, yes),
+                      attr(CKA_PRIVATE, yes),
+                      attr_string(CKA_LABEL, kAuditCheckpointLabel),
+                      attr_string(CKA_APPLICATION, "m2mvault"),
+                      attr_bytes(CKA_VALUE, value)};
+    CK_OBJECT_HANDLE created = CK_INVALID_HANDLE;
+    // The new object is made before the old one goes: a crash in between
+    // leaves two, and load_audit_checkpoint() takes the later sequence.
+    check(fn()->C_CreateObject(session.handle(), create.data(), create.size(), &created),
+          "C_CreateObject (audit checkpoint)", Failure::unavailable);
+    for (CK_OBJECT_HANDLE old : checkpoint_objects(session.handle())) {
+      if (old != created) fn()->C_DestroyObject(session.handle(), old);
+    }
+  }
+
+  std::optional<Bytes> load_audit_checkpoint() override {
+    std::lock_guard lock(checkpoint_mutex_);
+    auto session = token_->sessions().borrow();
+    std::optional<Bytes> best;
+    for (CK_OBJECT_HANDLE h : checkpoint_objects(session.handle())) {
+      Bytes value = get_bytes_attribute(fn(), session.handle(), h, CKA_VALUE);
+      // The value starts with the big-endian sequence number.
+      if (!best || value > *best) best = std::move(value);
+    }
+    return best;
+  }
+
   std::shared_ptr<EVP_PKEY> private_key(const TokenKeyRef& key) override {
     return signer_->private_key(key);
   }
@@ -249,6 +290,12 @@ class Pkcs11Backend final : public SecureElement {
     return found.front();
   }
 
+  std::vector<CK_OBJECT_HANDLE> checkpoint_objects(CK_SESSION_HANDLE session) {
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    std::array query{attr(CKA_CLASS, cls), attr_string(CKA_LABEL, kAuditCheckpointLabel)};
+    return find_objects(fn(), session, query);
+  }
+
   std::string token_of(const TokenKeyRef& ref) const {
     return ref.token_label.empty() ? token_->label() : ref.token_label;
   }
@@ -283,6 +330,8 @@ class Pkcs11Backend final : public SecureElement {
   Config config_;
   std::unique_ptr<Token> token_;
   CK_OBJECT_HANDLE kek_ = CK_INVALID_HANDLE;
+  CK_OBJECT_HANDLE audit_key_ = CK_INVALID_HANDLE;
+  std::mutex checkpoint_mutex_;
   UnwrapCache cache_;  // after token_: its objects go before the sessions close
   std::unique_ptr<Libp11Keys> signer_;
   std::mutex handles_mutex_;

@@ -16,6 +16,7 @@ inline constexpr const char* kDefaultTokenLabel = "m2mvault";
 inline constexpr const char* kKekLabel = "m2mvault-kek";
 inline constexpr const char* kKeyLabel = "m2mvault-key";
 inline constexpr const char* kAuditKeyLabel = "m2mvault-audit";
+inline constexpr const char* kAuditCheckpointLabel = "m2mvault-audit-checkpoint";
 
 struct Config {
   std::filesystem::path module = kDefaultSoftHsmModule;

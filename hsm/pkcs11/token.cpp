@@ -92,6 +92,29 @@ CK_OBJECT_HANDLE Token::generate_kek() {
   return generate_kek_in(fn(), session.handle());
 }
 
+CK_OBJECT_HANDLE Token::find_or_generate_audit_key() {
+  auto session = sessions_->borrow();
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE type = CKK_GENERIC_SECRET;
+  std::array query{attr(CKA_CLASS, cls), attr(CKA_KEY_TYPE, type),
+                   attr_string(CKA_LABEL, kAuditKeyLabel)};
+  const auto found = find_objects(fn(), session.handle(), query);
+  if (!found.empty()) return found.front();
+  CK_MECHANISM mechanism{CKM_GENERIC_SECRET_KEY_GEN, nullptr, 0};
+  CK_ULONG length = 32;
+  CK_BBOOL yes = CK_TRUE;
+  CK_BBOOL no = CK_FALSE;
+  std::array templ{attr(CKA_CLASS, cls),        attr(CKA_KEY_TYPE, type),
+                   attr(CKA_VALUE_LEN, length), attr(CKA_TOKEN, yes),
+                   attr(CKA_PRIVATE, yes),      attr(CKA_SENSITIVE, yes),
+                   attr(CKA_EXTRACTABLE, no),   attr(CKA_SIGN, yes),
+                   attr(CKA_VERIFY, yes),       attr_string(CKA_LABEL, kAuditKeyLabel)};
+  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+  check(fn()->C_GenerateKey(session.handle(), &mechanism, templ.data(), templ.size(), &key),
+        "C_GenerateKey (audit key)", Failure::unavailable);
+  return key;
+}
+
 CK_OBJECT_HANDLE generate_kek_in(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session) {
   CK_MECHANISM mechanism{CKM_AES_KEY_GEN, nullptr, 0};
   CK_OBJECT_CLASS cls = CKO_SECRET_KEY;

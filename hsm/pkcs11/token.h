@@ -46,6 +46,10 @@ class Token {
   // Generates the persistent, private, non-extractable AES-256 KEK.
   CK_OBJECT_HANDLE generate_kek();
 
+  // The audit log's HMAC key (CKK_GENERIC_SECRET, CKA_LABEL kAuditKeyLabel),
+  // generated persistent, private and non-extractable when absent.
+  CK_OBJECT_HANDLE find_or_generate_audit_key();
+
  private:
   std::shared_ptr<Module> module_;
   CK_SLOT_ID slot_ = 0;
