@@ -31,6 +31,11 @@ constexpr std::array kOperations{
     OperationGrant{"handshake.start", Grant::handshake},
     OperationGrant{"handshake.step", Grant::handshake},
     OperationGrant{"handshake.abort", Grant::handshake},
+    OperationGrant{"audit.show", Grant::audit_read},
+    OperationGrant{"audit.verify", Grant::audit_read},
+    OperationGrant{"audit.stats", Grant::audit_read},
+    OperationGrant{"policy.check", Grant::policy_admin},
+    OperationGrant{"policy.reload", Grant::policy_admin},
 };
 
 }  // namespace
@@ -53,6 +58,10 @@ std::string_view to_string(Grant grant) {
       return "derive";
     case Grant::handshake:
       return "handshake";
+    case Grant::audit_read:
+      return "audit.read";
+    case Grant::policy_admin:
+      return "policy.admin";
   }
   return "unknown";
 }
@@ -70,12 +79,30 @@ std::vector<std::string_view> known_operations() {
   return ops;
 }
 
-Decision Policy::authorize(const Peer& peer, Grant grant) const {
-  if (grant == Grant::none) return {true, "operation needs no grant"};
-  if (is_administrator(peer))
-    return {true, "uid " + std::to_string(peer.uid) + " is an administrator"};
-  return {false, "uid " + std::to_string(peer.uid) + " holds no grant '" +
-                     std::string(to_string(grant)) + "' (default deny)"};
+std::optional<PolicyGrant> as_policy_grant(Grant grant) {
+  if (grant == Grant::none) return std::nullopt;
+  return parse_grant(to_string(grant));
+}
+
+PolicyStore::PolicyStore(std::optional<std::filesystem::path> file, uid_t daemon_uid)
+    : file_(std::move(file)), daemon_uid_(daemon_uid), current_(load()) {}
+
+std::shared_ptr<const PolicyFile> PolicyStore::load() const {
+  return std::make_shared<const PolicyFile>(file_ ? PolicyFile::load(*file_, daemon_uid_)
+                                                  : PolicyFile::defaults(daemon_uid_));
+}
+
+std::shared_ptr<const PolicyFile> PolicyStore::current() const {
+  std::lock_guard lock(mutex_);
+  return current_;
+}
+
+std::string PolicyStore::reload() {
+  auto fresh = load();  // throws, leaving the old policy in force
+  std::string described = fresh->describe();
+  std::lock_guard lock(mutex_);
+  current_ = std::move(fresh);
+  return described;
 }
 
 }  // namespace m2mvault::policies

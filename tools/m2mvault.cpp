@@ -89,15 +89,7 @@ void print_key_human(const json& key) {
   }
 }
 
-void print_key_table(const json& keys) {
-  std::vector<std::vector<std::string>> rows;
-  rows.push_back({"NAME", "KIND", "ID", "ENTITY", "EXPIRES", "CHECK/ALG"});
-  for (const auto& k : keys) {
-    std::string check =
-        k.contains("check_value") ? text_or_dash(k, "check_value") : text_or_dash(k, "algorithm");
-    rows.push_back({text_or_dash(k, "name"), text_or_dash(k, "kind"), text_or_dash(k, "id"),
-                    text_or_dash(k, "entity"), text_or_dash(k, "expires"), check});
-  }
+void print_table(const std::vector<std::vector<std::string>>& rows) {
   std::vector<std::size_t> width(rows[0].size(), 0);
   for (const auto& row : rows)
     for (std::size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
@@ -108,6 +100,18 @@ void print_key_table(const json& keys) {
     }
     fmt::print("{}\n", line);
   }
+}
+
+void print_key_table(const json& keys) {
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back({"NAME", "KIND", "ID", "ENTITY", "EXPIRES", "CHECK/ALG"});
+  for (const auto& k : keys) {
+    std::string check =
+        k.contains("check_value") ? text_or_dash(k, "check_value") : text_or_dash(k, "algorithm");
+    rows.push_back({text_or_dash(k, "name"), text_or_dash(k, "kind"), text_or_dash(k, "id"),
+                    text_or_dash(k, "entity"), text_or_dash(k, "expires"), check});
+  }
+  print_table(rows);
 }
 
 std::vector<std::uint8_t> read_key_file(const std::string& path) {
@@ -180,6 +184,13 @@ struct Cli {
   void add_maf_handshake(CLI::App& app);
   void add_escertke(CLI::App& app);
   void add_cert(CLI::App& app);
+
+  // policy / audit
+  unsigned check_uid = 0;
+  std::string check_op, principal_filter, op_filter, result_filter, since, until;
+  std::size_t limit = 0;
+  void add_policy(CLI::App& app);
+  void add_audit(CLI::App& app);
 };
 
 std::string read_text_file(const std::string& path, const char* what) {
@@ -404,6 +415,134 @@ void Cli::add_escertke(CLI::App& app) {
   abort->add_option("--session", session, "The session")->required();
   abort->callback([this] {
     action = [this] { connect(o).call("handshake.abort", {{"session", session}}); };
+  });
+}
+
+void Cli::add_policy(CLI::App& app) {
+  auto* policy = app.add_subcommand("policy", "The policy in force (docs/POLICY.md)");
+  policy->require_subcommand(1);
+  auto* reload = policy->add_subcommand(
+      "reload",
+      "Reload the policy file (as SIGHUP does); a broken file is refused with its line "
+      "and the old policy stays in force");
+  reload->callback([this] {
+    action = [this] {
+      json r = connect(o).call("policy.reload");
+      fmt::print("policy reloaded: {}\n", text_or_dash(r, "policy"));
+    };
+  });
+  auto* check = policy->add_subcommand(
+      "check", "Explain what the policy in force decides for a uid, an operation and a key");
+  check->add_option("--uid", check_uid, "The uid asking")->required();
+  check->add_option("--op", check_op, "The wire operation, e.g. sign, key.show, psk.release")
+      ->required();
+  check->add_option("--key", key_ref, "The key, by name or identifier");
+  check->add_flag("--json", o.json_output, "Print JSON");
+  check->callback([this] {
+    action = [this] {
+      json params = {{"uid", check_uid}, {"op", check_op}};
+      if (!key_ref.empty()) params["key"] = key_ref;
+      json r = connect(o).call("policy.check", params);
+      if (o.json_output) {
+        fmt::print("{}\n", r.dump(2));
+      } else {
+        fmt::print("{}: {}\n", r.value("allowed", false) ? "allowed" : "denied",
+                   text_or_dash(r, "reason"));
+      }
+    };
+  });
+}
+
+void Cli::add_audit(CLI::App& app) {
+  auto* audit = app.add_subcommand("audit", "The audit log of every request");
+  audit->require_subcommand(1);
+  auto* show = audit->add_subcommand("show", "Show audit records (oldest first)");
+  show->add_option("--key", key_ref, "Only records naming this key (name or identifier)");
+  show->add_option("--uid", principal_filter, "Only records of this uid");
+  show->add_option("--op", op_filter, "Only this operation");
+  show->add_option("--result", result_filter, "Only ok, denied or error")
+      ->check(CLI::IsMember({"ok", "denied", "error"}));
+  show->add_option("--since", since, "Only records at or after this time (RFC 3339)");
+  show->add_option("--until", until, "Only records before this time (RFC 3339)");
+  show->add_option("--limit", limit, "At most this many (the newest)");
+  show->add_flag("--json", o.json_output, "Print JSON lines");
+  show->callback([this] {
+    action = [this] {
+      json params = json::object();
+      auto put = [&params](const char* field, const std::string& value) {
+        if (!value.empty()) params[field] = value;
+      };
+      put("key", key_ref);
+      put("uid", principal_filter);
+      put("op", op_filter);
+      put("result", result_filter);
+      put("since", since);
+      put("until", until);
+      if (limit) params["limit"] = limit;
+      auto client = connect(o);
+      std::vector<std::vector<std::string>> rows;
+      rows.push_back({"SEQ", "TIME", "UID", "PID", "OP", "KEY", "RESULT", "ERROR", "COUNT"});
+      while (true) {
+        json page = client.call("audit.show", params);
+        for (const auto& r : page.at("records")) {
+          if (o.json_output) {
+            fmt::print("{}\n", r.dump());
+          } else {
+            rows.push_back({text_or_dash(r, "seq"), text_or_dash(r, "time"), text_or_dash(r, "uid"),
+                            text_or_dash(r, "pid"), text_or_dash(r, "op"), text_or_dash(r, "key"),
+                            text_or_dash(r, "result"), text_or_dash(r, "error"),
+                            text_or_dash(r, "count")});
+          }
+        }
+        if (!page.contains("next") || page["next"].is_null()) break;
+        params["after"] = page["next"];
+      }
+      if (!o.json_output) print_table(rows);
+    };
+  });
+  auto* verify = audit->add_subcommand(
+      "verify",
+      "Verify the audit log's chain; exit 0 when intact, otherwise name the first "
+      "broken record and why (modified, deleted, reordered, truncated)");
+  verify->add_flag("--json", o.json_output, "Print JSON");
+  verify->callback([this] {
+    action = [this] {
+      json r = connect(o).call("audit.verify");
+      if (o.json_output) fmt::print("{}\n", r.dump(2));
+      if (r.value("intact", false)) {
+        if (!o.json_output)
+          fmt::print("intact: {} records, seq {} to {}\n", text_or_dash(r, "records"),
+                     text_or_dash(r, "first_seq"), text_or_dash(r, "last_seq"));
+        return;
+      }
+      const json& p = r.at("problem");
+      throw Error(ErrorCode::conflict, fmt::format("audit log broken at record {} ({}:{}): {}: {}",
+                                                   text_or_dash(p, "seq"), text_or_dash(p, "file"),
+                                                   text_or_dash(p, "line"), text_or_dash(p, "kind"),
+                                                   text_or_dash(p, "detail")));
+    };
+  });
+  auto* stats = audit->add_subcommand("stats", "Uses per key and per principal, and denials");
+  stats->add_flag("--json", o.json_output, "Print JSON");
+  stats->callback([this] {
+    action = [this] {
+      json r = connect(o).call("audit.stats");
+      if (o.json_output) {
+        fmt::print("{}\n", r.dump(2));
+        return;
+      }
+      fmt::print("records: {}  requests: {}  denied: {}  errors: {}\n", text_or_dash(r, "records"),
+                 text_or_dash(r, "requests"), text_or_dash(r, "denied"), text_or_dash(r, "errors"));
+      std::vector<std::vector<std::string>> keys{{"KEY", "USES", "DENIED"}};
+      for (const auto& [k, v] : r.at("keys").items())
+        keys.push_back({k, text_or_dash(v, "uses"), text_or_dash(v, "denied")});
+      print_table(keys);
+      fmt::print("\n");
+      std::vector<std::vector<std::string>> uids{{"UID", "REQUESTS", "DENIED"}};
+      for (const auto& [k, v] : r.at("principals").items())
+        uids.push_back({k, text_or_dash(v, "requests"), text_or_dash(v, "denied")});
+      print_table(uids);
+    };
   });
 }
 
@@ -746,6 +885,8 @@ int main(int argc, char** argv) {
   cli.add_maf_handshake(app);
   cli.add_escertke(app);
   cli.add_cert(app);
+  cli.add_policy(app);
+  cli.add_audit(app);
 
   try {
     app.parse(argc, argv);

@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS names(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS names_by_key ON names(key_id);
 CREATE INDEX IF NOT EXISTS keys_by_state ON keys(state);
+-- The audit log's checkpoint (policies/audit_log.h): one row.
+CREATE TABLE IF NOT EXISTS audit_checkpoint(
+  id  INTEGER PRIMARY KEY CHECK (id = 1),
+  seq INTEGER NOT NULL,
+  tag BLOB NOT NULL
+);
 -- list_page() walks the active keys in name order, without sorting.
 CREATE INDEX IF NOT EXISTS keys_by_state_name ON keys(state, name);
 )sql";
@@ -348,6 +354,25 @@ class SqliteCatalog final : public Catalog {
       sqlite3_bind_int64(update.get(), 2, row);
       if (sqlite3_step(update.get()) != SQLITE_DONE) fail(db, "set identifier");
     });
+  }
+
+  void set_audit_checkpoint(std::uint64_t seq, const std::vector<std::uint8_t>& tag) override {
+    write([&](sqlite3* db) {
+      Stmt upsert = prepare(db,
+                            "INSERT INTO audit_checkpoint(id, seq, tag) VALUES (1, ?, ?) "
+                            "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, tag = excluded.tag");
+      sqlite3_bind_int64(upsert.get(), 1, static_cast<sqlite3_int64>(seq));
+      bind_blob(upsert.get(), 2, tag);
+      if (sqlite3_step(upsert.get()) != SQLITE_DONE) fail(db, "audit checkpoint");
+    });
+  }
+
+  std::optional<std::pair<std::uint64_t, std::vector<std::uint8_t>>> audit_checkpoint() override {
+    Lease reader(*this);
+    Stmt s = prepare(reader->db.get(), "SELECT seq, tag FROM audit_checkpoint WHERE id = 1");
+    if (sqlite3_step(s.get()) != SQLITE_ROW) return std::nullopt;
+    return std::make_pair(static_cast<std::uint64_t>(sqlite3_column_int64(s.get(), 0)),
+                          column_blob(s.get(), 1));
   }
 
   void set_certificate(std::int64_t row, const std::string& pem) override {

@@ -49,6 +49,11 @@ class Catalog {
   // any earlier one. Throws Error(not_found) when the row no longer exists.
   virtual void set_certificate(std::int64_t row, const std::string& pem) = 0;
 
+  // The audit log's checkpoint (sequence number and tag of a record), kept
+  // here and in the token so that a cut log tail is detectable.
+  virtual void set_audit_checkpoint(std::uint64_t seq, const std::vector<std::uint8_t>& tag) = 0;
+  virtual std::optional<std::pair<std::uint64_t, std::vector<std::uint8_t>>> audit_checkpoint() = 0;
+
   // Active key whose canonical name or canonical identifier equals the
   // canonical form of `name_or_identifier` (canonical_name()). Text that is
   // not a valid name finds nothing: nullopt, never an exception. Reads use

@@ -87,6 +87,21 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
   read(*file, root, "max_connections", config.max_connections);
   read(*file, root, "frame_timeout_ms", config.frame_timeout);
   read(*file, root, "idle_timeout_ms", config.idle_timeout);
+  read(*file, root, "policy_file", config.policy_file);
+  if (const toml::node* node = root.get("audit")) {
+    const toml::table* a = node->as_table();
+    if (!a) bad(*file, *node, "'audit' must be a table");
+    check_keys(*file, *a,
+               {"directory", "file", "sync_interval_ms", "checkpoint_every", "rotate_bytes",
+                "free_space_reserve_bytes"},
+               "audit.");
+    read(*file, *a, "directory", config.audit.directory);
+    read(*file, *a, "file", config.audit.file);
+    read(*file, *a, "sync_interval_ms", config.audit.sync_interval);
+    read(*file, *a, "checkpoint_every", config.audit.checkpoint_every);
+    read(*file, *a, "rotate_bytes", config.audit.rotate_bytes);
+    read(*file, *a, "free_space_reserve_bytes", config.audit.free_space_reserve_bytes);
+  }
   if (config.backend != "pkcs11") {
     bad(*file, *root.get("backend"),
         fmt::format("backend '{}' is not available (supported: pkcs11)", config.backend));

@@ -42,6 +42,16 @@ struct HandshakeSettings {
   bool require_extended_master_secret = true;
 };
 
+// The audit log (policies/audit_log.h, docs/THREAT-MODEL.md).
+struct AuditSettings {
+  std::filesystem::path directory;  // default: <state_dir>/audit
+  std::filesystem::path file;       // a fixed file instead (no rotation), e.g. for a test
+  std::chrono::milliseconds sync_interval{100};
+  std::size_t checkpoint_every = 1000;
+  std::size_t rotate_bytes = std::size_t{64} << 20;
+  std::size_t free_space_reserve_bytes = std::size_t{64} << 20;
+};
+
 struct Config {
   std::filesystem::path state_dir;
   std::filesystem::path socket;  // default: api::kDefaultSocketPath
@@ -54,6 +64,9 @@ struct Config {
   std::chrono::milliseconds idle_timeout{std::chrono::minutes(10)};
   Pkcs11Settings pkcs11;
   HandshakeSettings handshake;
+  AuditSettings audit;
+  // The policy file (docs/POLICY.md); empty: administrators only.
+  std::filesystem::path policy_file;
   // encode() of KeId/KcId per MEF/MAF FQDN (lowercased); base64 when absent.
   std::map<std::string, IdFormat> id_formats;
 

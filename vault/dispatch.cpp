@@ -1,6 +1,8 @@
 #include "vault/dispatch.h"
 
 #include <fmt/format.h>
+#include <grp.h>
+#include <pwd.h>
 #include <spdlog/spdlog.h>
 
 #include <ctime>
@@ -169,41 +171,162 @@ json key_to_json(const KeyRecord& r) {
   return j;
 }
 
-Dispatcher::Dispatcher(Vault& vault, Handshakes& handshakes, const policies::Policy& policy)
+Dispatcher::Dispatcher(Vault& vault, Handshakes& handshakes, policies::PolicyStore& policies,
+                       RequestAudit* audit)
     : vault_(vault),
       handshakes_(handshakes),
-      policy_(policy),
+      policies_(policies),
+      audit_(audit),
       started_(std::chrono::steady_clock::now()) {}
+
+struct Dispatcher::Context {
+  const api::Principal& principal;
+  std::shared_ptr<const policies::PolicyFile> policy;
+  bool administrator;
+};
+
+namespace {
+
+// Operations whose success changes what keys exist or how they are
+// governed: their audit record is on disk before the response.
+bool is_durable(policies::Grant grant, std::string_view op) {
+  return grant == policies::Grant::key_create || grant == policies::Grant::key_delete ||
+         grant == policies::Grant::derive || op == "policy.reload" || op == "handshake.step" ||
+         op == "handshake.start";
+}
+
+policies::KeyFacts facts_of(const KeyRecord& r) {
+  return {r.name, r.identifier, std::string(to_string(r.kind))};
+}
+
+}  // namespace
+
+std::optional<policies::KeyFacts> Dispatcher::key_facts(const api::Request& request,
+                                                        std::string* key_id) const {
+  const json& p = request.params;
+  auto text = [&](const char* name) -> std::optional<std::string> {
+    auto it = p.find(name);
+    if (it == p.end() || !it->is_string()) return std::nullopt;
+    return it->get<std::string>();
+  };
+  const std::string& op = request.op;
+  // A key the request creates: what it will be called and of which kind.
+  if (op == "key.import") {
+    auto id = text("id");
+    return policies::KeyFacts{text("name").value_or(id.value_or("")), id,
+                              text("kind").value_or("")};
+  }
+  if (op == "key.generate" || op == "key.adopt") {
+    return policies::KeyFacts{text("name").value_or(""), std::nullopt, "signing"};
+  }
+  // A key the request uses.
+  std::optional<std::string> named;
+  if (op == "key.derive") {
+    named = text("ke");
+  } else if (op == "handshake.start") {
+    named = text("psk_key");
+    if (!named) named = text("key");
+  } else if (op.starts_with("key.") || op == "sign" || op.starts_with("cert.")) {
+    named = text("key");
+  }
+  if (!named) return std::nullopt;
+  if (auto record = vault_.find(*named)) {
+    if (key_id && record->identifier) *key_id = *record->identifier;
+    return facts_of(*record);
+  }
+  // Unknown: judged by its name alone; the operation then says not_found.
+  return policies::KeyFacts{*named, *named, "unknown"};
+}
 
 json Dispatcher::handle(const api::Principal& principal, const api::Request& request) {
   auto grant = policies::grant_for_operation(request.op);
   if (!grant) {
     throw Error(ErrorCode::unsupported, fmt::format("unknown operation '{}'", request.op));
   }
-  auto decision = policy_.authorize({principal.uid, principal.gid, principal.groups}, *grant);
-  if (!decision.allowed) {
-    spdlog::warn("denied op={} key={} uid={} pid={}: {}", request.op, key_of(request),
-                 principal.uid, principal.pid, decision.reason);
-    throw Error(ErrorCode::denied,
-                fmt::format("operation '{}' denied: {}", request.op, decision.reason));
+  Context context{principal, policies_.current(), false};
+  const policies::Principal who{principal.uid, principal.gid, principal.groups};
+  context.administrator = context.policy->is_administrator(who);
+  std::string key_id;
+  const std::string key = key_of(request);
+  RequestAudit::Entry entry{&principal, request.op, key, "", "ok", "", false};
+  const bool audited = audit_ && request.op != "ping";  // ping touches no key
+
+  auto refuse = [&](ErrorCode code, const std::string& message) -> Error {
+    spdlog::warn("denied op={} key={} uid={} pid={}: {}", request.op, key, principal.uid,
+                 principal.pid, message);
+    if (audited) {
+      entry.result = "denied";
+      entry.error = to_string(code);
+      entry.key_id = key_id;
+      audit_->record_denial(entry);
+    }
+    return Error(code, message);
+  };
+
+  if (!context.administrator && context.policy->limits().requests_per_second > 0) {
+    bool allowed = true;
+    {
+      std::lock_guard lock(limiter_mutex_);
+      if (limiter_policy_ != context.policy) {  // a reload brings new limits
+        limiter_ = std::make_unique<policies::RateLimiter>(
+            context.policy->limits().requests_per_second, context.policy->limits().burst);
+        limiter_policy_ = context.policy;
+      }
+      allowed = limiter_->allow(principal.uid, std::chrono::steady_clock::now());
+    }
+    if (!allowed) {
+      throw refuse(ErrorCode::backend_unavailable,
+                   fmt::format("uid {} is over its rate limit of {} requests per second",
+                               principal.uid, context.policy->limits().requests_per_second));
+    }
   }
+  if (*grant != policies::Grant::none) {
+    const auto facts = key_facts(request, &key_id);
+    const auto decision = context.policy->authorize(who, *policies::as_policy_grant(*grant),
+                                                    facts ? &*facts : nullptr);
+    if (!decision.allowed) {
+      throw refuse(ErrorCode::denied,
+                   fmt::format("operation '{}' denied: {}", request.op, decision.reason));
+    }
+  }
+  if (audited) audit_->check_writable();
+  entry.durable = is_durable(*grant, request.op);
   try {
-    json result = dispatch(principal, request);
+    json result = dispatch(context, request);
+    // The identifier of a key the operation created (a key object, or a
+    // finished handshake's `key`) when the request did not name one.
+    const json* made = result.is_object() && result.contains("key") && result["key"].is_object()
+                           ? &result["key"]
+                           : &result;
+    if (made->is_object()) {
+      if (auto it = made->find("id"); it != made->end() && it->is_string()) key_id = *it;
+    }
     if (*grant == policies::Grant::key_create || *grant == policies::Grant::key_delete) {
-      spdlog::info("op={} key={} uid={} pid={} ok", request.op, key_of(request), principal.uid,
-                   principal.pid);
+      spdlog::info("op={} key={} uid={} pid={} ok", request.op, key, principal.uid, principal.pid);
+    }
+    if (audited) {
+      entry.key_id = key_id;
+      audit_->record(entry);
     }
     return result;
   } catch (const Error& e) {
-    spdlog::info("op={} key={} uid={} pid={} failed: {}: {}", request.op, key_of(request),
-                 principal.uid, principal.pid, to_string(e.code()), e.what());
+    spdlog::info("op={} key={} uid={} pid={} failed: {}: {}", request.op, key, principal.uid,
+                 principal.pid, to_string(e.code()), e.what());
+    if (audited && e.code() != ErrorCode::backend_unavailable) {
+      entry.result = "error";
+      entry.error = to_string(e.code());
+      entry.key_id = key_id;
+      entry.durable = false;
+      audit_->record(entry);
+    }
     throw;
   }
 }
 
-json Dispatcher::dispatch(const api::Principal& principal, const api::Request& request) {
+json Dispatcher::dispatch(const Context& context, const api::Request& request) {
   const std::string& op = request.op;
   const json& p = request.params;
+  const api::Principal& principal = context.principal;
 
   if (op == "ping") return json::object();
 
@@ -290,7 +413,12 @@ json Dispatcher::dispatch(const api::Principal& principal, const api::Request& r
       next = page.back().name;
     }
     json keys = json::array();
-    for (const auto& r : page) keys.push_back(key_to_json(r));
+    const policies::Principal who{principal.uid, principal.gid, principal.groups};
+    for (const auto& r : page) {
+      // A principal sees only the keys it may key.read.
+      if (context.administrator || context.policy->may_read_key(who, facts_of(r)))
+        keys.push_back(key_to_json(r));
+    }
     return {{"keys", std::move(keys)}, {"next", std::move(next)}};
   }
 
@@ -368,6 +496,19 @@ json Dispatcher::dispatch(const api::Principal& principal, const api::Request& r
 
   if (op == "handshake.start") return handshake_start(principal, p);
 
+  if (op == "policy.reload") {
+    const std::string described = policies_.reload();
+    spdlog::info("policy reloaded by uid {}: {}", principal.uid, described);
+    return {{"policy", described}};
+  }
+
+  if (op == "policy.check") return policy_check(p);
+
+  if (op == "audit.show" || op == "audit.verify" || op == "audit.stats") {
+    if (!audit_) throw Error(ErrorCode::unsupported, "this daemon keeps no audit log");
+    return audit_->query(op, p);
+  }
+
   if (op == "handshake.step") {
     auto input = optional_base64(p, "input");
     return progress_to_json(handshakes_.step(principal.uid, required_string(p, "session"), input));
@@ -391,6 +532,45 @@ json Dispatcher::dispatch(const api::Principal& principal, const api::Request& r
   }
 
   throw Error(ErrorCode::unsupported, fmt::format("unknown operation '{}'", op));
+}
+
+// Explains what the policy in force decides for a uid, an operation and
+// optionally a key: `m2mvault policy check`.
+json Dispatcher::policy_check(const json& p) const {
+  const json* uid_param = param(p, "uid");
+  if (!uid_param || !uid_param->is_number_unsigned())
+    throw Error(ErrorCode::invalid_argument, "parameter 'uid' (a number) is required");
+  const auto uid = uid_param->get<uid_t>();
+  const std::string op = required_string(p, "op");
+  auto grant = policies::grant_for_operation(op);
+  if (!grant) throw Error(ErrorCode::invalid_argument, fmt::format("unknown operation '{}'", op));
+  // The uid's groups as the kernel would report them for its processes.
+  policies::Principal who{uid, static_cast<gid_t>(-1), {}};
+  if (const passwd* pw = ::getpwuid(uid)) {
+    who.gid = pw->pw_gid;
+    int count = 64;
+    std::vector<gid_t> groups(static_cast<std::size_t>(count));
+    if (::getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &count) >= 0) {
+      groups.resize(static_cast<std::size_t>(count));
+      who.groups = std::move(groups);
+    }
+  }
+  if (auto gid = param(p, "gid"); gid && gid->is_number_unsigned()) who.gid = gid->get<gid_t>();
+  auto policy = policies_.current();
+  if (*grant == policies::Grant::none) {
+    return {{"allowed", true}, {"grant", "none"}, {"reason", "operation needs no grant"}};
+  }
+  std::optional<policies::KeyFacts> facts;
+  if (auto key = optional_string(p, "key")) {
+    auto record = vault_.find(*key);
+    facts = record ? facts_of(*record) : policies::KeyFacts{*key, *key, "unknown"};
+  }
+  auto decision =
+      policy->authorize(who, *policies::as_policy_grant(*grant), facts ? &*facts : nullptr);
+  return {{"allowed", decision.allowed},
+          {"grant", std::string(policies::to_string(*grant))},
+          {"reason", decision.reason},
+          {"policy", policy->describe()}};
 }
 
 json Dispatcher::handshake_start(const api::Principal& principal, const json& p) {

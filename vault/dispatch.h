@@ -4,9 +4,14 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string_view>
 
 #include "api/protocol.h"
 #include "policies/policy.h"
+#include "policies/rate_limiter.h"
 #include "vault/handshakes.h"
 #include "vault/vault.h"
 
@@ -15,18 +20,53 @@ namespace m2mvault::vault {
 // The JSON object of a key as `key.show` and `key.list` return it.
 nlohmann::json key_to_json(const KeyRecord& record);
 
+// What the dispatcher tells the audit log about each request (the daemon
+// backs it with policies::AuditLog). Implementations throw
+// Error(backend_unavailable) when a record cannot be written: fail closed.
+class RequestAudit {
+ public:
+  struct Entry {
+    const api::Principal* principal = nullptr;
+    std::string_view op;
+    std::string_view key;     // as the request named it
+    std::string_view key_id;  // the key's oneM2M identifier, when known
+    std::string_view result;  // "ok", "denied", "error"
+    std::string_view error;   // error code, when not ok
+    bool durable = false;     // key creation/deletion, policy change: synced before the response
+  };
+  virtual ~RequestAudit() = default;
+  // Throws when the log is known not to be writable (before any work).
+  virtual void check_writable() = 0;
+  virtual void record(const Entry& entry) = 0;
+  // A denial: may be coalesced with others of the same principal in a flood.
+  virtual void record_denial(const Entry& entry) = 0;
+  // audit.show, audit.verify, audit.stats (api/PROTOCOL.md).
+  virtual nlohmann::json query(std::string_view op, const nlohmann::json& params) = 0;
+};
+
 class Dispatcher : public api::RequestHandler {
  public:
-  Dispatcher(Vault& vault, Handshakes& handshakes, const policies::Policy& policy);
+  // `audit` may be null (no audit log: tests of the dispatch alone).
+  Dispatcher(Vault& vault, Handshakes& handshakes, policies::PolicyStore& policies,
+             RequestAudit* audit = nullptr);
   nlohmann::json handle(const api::Principal& principal, const api::Request& request) override;
 
  private:
-  nlohmann::json dispatch(const api::Principal& principal, const api::Request& request);
+  struct Context;
+  nlohmann::json dispatch(const Context& context, const api::Request& request);
   nlohmann::json handshake_start(const api::Principal& principal, const nlohmann::json& params);
+  std::optional<policies::KeyFacts> key_facts(const api::Request& request,
+                                              std::string* key_id) const;
+  nlohmann::json policy_check(const nlohmann::json& params) const;
 
   Vault& vault_;
   Handshakes& handshakes_;
-  const policies::Policy& policy_;
+  policies::PolicyStore& policies_;
+  RequestAudit* audit_;
+  std::mutex limiter_mutex_;
+  std::shared_ptr<const policies::PolicyFile>
+      limiter_policy_;  // the policy the limiter was made for
+  std::unique_ptr<policies::RateLimiter> limiter_;
   std::chrono::steady_clock::time_point started_;
 };
 

@@ -27,6 +27,7 @@
 #include "vault/catalog.h"
 #include "vault/config.h"
 #include "vault/dispatch.h"
+#include "vault/audit_trail.h"
 #include "vault/handshakes.h"
 #include "vault/state_dir.h"
 #include "vault/vault.h"
@@ -67,10 +68,12 @@ int run(int argc, char** argv) {
   std::string config_file;
   std::string socket;
   std::string log_level;
+  std::string policy_file;
   app.add_option("--state-dir", state_dir, "State directory (catalog, embedded token)");
   app.add_option("--config", config_file, "TOML configuration file")->check(CLI::ExistingFile);
   app.add_option("--socket", socket, "Unix socket path (default /run/m2mvault/m2mvault.sock)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
+  app.add_option("--policy", policy_file, "Policy file (docs/POLICY.md); default: admins only");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -83,6 +86,7 @@ int run(int argc, char** argv) {
   if (!state_dir.empty()) config.state_dir = state_dir;
   if (!socket.empty()) config.socket = socket;
   if (!log_level.empty()) config.log_level = log_level;
+  if (!policy_file.empty()) config.policy_file = policy_file;
   setup_logging(config);
   forbid_core_dumps();
 
@@ -121,9 +125,14 @@ int run(int argc, char** argv) {
         report.completed, report.dropped, report.destroyed);
   }
 
-  policies::Policy policy(::geteuid());
+  policies::PolicyStore policies(config.policy_file.empty()
+                                     ? std::nullopt
+                                     : std::optional<std::filesystem::path>(config.policy_file),
+                                 ::geteuid());
+  spdlog::info("policy: {}", policies.current()->describe());
   vault::Handshakes handshakes(vault, *se, config);
-  vault::Dispatcher dispatcher(vault, handshakes, policy);
+  vault::AuditTrail audit(config, state.path(), *catalog, *se);
+  vault::Dispatcher dispatcher(vault, handshakes, policies, &audit);
   api::ServerConfig server_config;
   server_config.socket_path = config.socket;
   server_config.threads = config.threads;
@@ -136,7 +145,11 @@ int run(int argc, char** argv) {
     int sig = 0;
     while (sigwait(&signals, &sig) == 0) {
       if (sig == SIGHUP) {
-        spdlog::info("SIGHUP: nothing to reload yet");
+        try {
+          spdlog::info("SIGHUP: policy reloaded: {}", policies.reload());
+        } catch (const std::exception& e) {
+          spdlog::error("SIGHUP: policy not reloaded, the old one stays in force: {}", e.what());
+        }
         continue;
       }
       spdlog::info("signal {}: shutting down", sig);

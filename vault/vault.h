@@ -142,6 +142,8 @@ class Vault {
   std::vector<KeyRecord> list_page(std::optional<KeyKind> kind, const std::string& after,
                                    std::size_t limit);
   KeyRecord show(std::string_view key);
+  // The key, or nullopt; never throws for an unknown or malformed name.
+  std::optional<KeyRecord> find(std::string_view key) { return catalog_.find(key); }
 
   // PEM SubjectPublicKeyInfo of a signing key.
   std::string public_key_pem(std::string_view key);

@@ -104,11 +104,12 @@ CK_OBJECT_HANDLE Token::find_or_generate_audit_key() {
   CK_ULONG length = 32;
   CK_BBOOL yes = CK_TRUE;
   CK_BBOOL no = CK_FALSE;
-  std::array templ{attr(CKA_CLASS, cls),        attr(CKA_KEY_TYPE, type),
-                   attr(CKA_VALUE_LEN, length), attr(CKA_TOKEN, yes),
-                   attr(CKA_PRIVATE, yes),      attr(CKA_SENSITIVE, yes),
-                   attr(CKA_EXTRACTABLE, no),   attr(CKA_SIGN, yes),
-                   attr(CKA_VERIFY, yes),       attr_string(CKA_LABEL, kAuditKeyLabel)};
+  std::array templ{
+      attr(CKA_CLASS, cls),      attr(CKA_KEY_TYPE, type), attr(CKA_VALUE_LEN, length),
+      attr(CKA_TOKEN, yes),      attr(CKA_PRIVATE, yes),   attr(CKA_SENSITIVE, yes),
+      attr(CKA_EXTRACTABLE, no), attr(CKA_SIGN, yes),      attr(CKA_VERIFY, yes),
+      attr(CKA_ENCRYPT, no),     attr(CKA_DECRYPT, no),    attr(CKA_WRAP, no),
+      attr(CKA_UNWRAP, no),      attr(CKA_DERIVE, no),     attr_string(CKA_LABEL, kAuditKeyLabel)};
   CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
   check(fn()->C_GenerateKey(session.handle(), &mechanism, templ.data(), templ.size(), &key),
         "C_GenerateKey (audit key)", Failure::unavailable);

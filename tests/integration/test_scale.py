@@ -70,8 +70,10 @@ class ScaleTest(unittest.TestCase):
 
         daemon.stop()
         labels = daemon.token_objects()
-        # The KEK and the signing key pair; nothing per Kpsa.
-        self.assertEqual(sorted(labels), ["m2mvault-kek", "m2mvault-key", "m2mvault-key"])
+        # The KEK, the audit key and checkpoint, and the signing key pair;
+        # nothing per Kpsa.
+        self.assertEqual(sorted(labels), ["m2mvault-audit", "m2mvault-audit-checkpoint", "m2mvault-kek",
+                                          "m2mvault-key", "m2mvault-key"])
 
 
 if __name__ == "__main__":

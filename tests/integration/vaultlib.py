@@ -201,7 +201,7 @@ class Daemon:
         for line in p.stdout.splitlines():
             line = line.strip()
             if line.startswith("label:"):
-                labels.append(line.split(":", 1)[1].strip())
+                labels.append(line.split(":", 1)[1].strip().strip("'"))  # data objects: quoted
         return labels
 
 

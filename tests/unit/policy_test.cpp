@@ -13,14 +13,22 @@ TEST(OperationTable, EveryOperationHasExactlyOneGrant) {
   EXPECT_FALSE(grant_for_operation("key.steal"));
 }
 
-TEST(DefaultPolicy, OnlyTheDaemonUidAndRootAdminister) {
-  Policy policy(1000);
-  EXPECT_TRUE(policy.authorize({0, 0, {}}, Grant::key_create).allowed);
-  EXPECT_TRUE(policy.authorize({1000, 1000, {}}, Grant::sign).allowed);
-  auto denied = policy.authorize({1001, 1000, {1000}}, Grant::key_read);
+TEST(OperationTable, EveryGrantButNoneIsAPolicyFileGrant) {
+  for (auto op : known_operations()) {
+    const Grant grant = *grant_for_operation(op);
+    EXPECT_EQ(as_policy_grant(grant).has_value(), grant != Grant::none) << op;
+  }
+  EXPECT_EQ(as_policy_grant(Grant::audit_read), PolicyGrant::audit_read);
+}
+
+TEST(PolicyStore, WithoutAFileOnlyTheDaemonUidAndRootAdminister) {
+  PolicyStore store(std::nullopt, 1000);
+  auto policy = store.current();
+  EXPECT_TRUE(policy->authorize({0, 0, {}}, PolicyGrant::key_create, nullptr).allowed);
+  EXPECT_TRUE(policy->authorize({1000, 1000, {}}, PolicyGrant::sign, nullptr).allowed);
+  auto denied = policy->authorize({1001, 1000, {1000}}, PolicyGrant::key_read, nullptr);
   EXPECT_FALSE(denied.allowed);
   EXPECT_NE(denied.reason.find("1001"), std::string::npos);
-  EXPECT_TRUE(policy.authorize({1001, 1001, {}}, Grant::none).allowed);
 }
 
 }  // namespace

@@ -1,0 +1,250 @@
+#include "vault/audit_trail.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <deque>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "api/encoding.h"
+#include "api/error.h"
+#include "vault/in_token.h"
+#include "vault/time_format.h"
+
+namespace m2mvault::vault {
+namespace {
+
+using nlohmann::json;
+
+// The token keeps the checkpoint as 8 big-endian bytes of seq, then the tag:
+// comparing two values bytewise compares their sequence numbers.
+std::vector<std::uint8_t> encode_checkpoint(const policies::AuditCheckpoint& c) {
+  std::vector<std::uint8_t> out(8);
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<std::uint8_t>(c.seq >> (56 - 8 * i));
+  out.insert(out.end(), c.tag.begin(), c.tag.end());
+  return out;
+}
+
+std::optional<policies::AuditCheckpoint> decode_checkpoint(const std::vector<std::uint8_t>& v) {
+  if (v.size() != 40) return std::nullopt;
+  policies::AuditCheckpoint c;
+  for (int i = 0; i < 8; ++i) c.seq = (c.seq << 8) | v[static_cast<std::size_t>(i)];
+  std::copy(v.begin() + 8, v.end(), c.tag.begin());
+  return c;
+}
+
+std::string exe_of(pid_t pid) {
+  char buf[4096];
+  const std::string link = fmt::format("/proc/{}/exe", pid);
+  const ssize_t n = ::readlink(link.c_str(), buf, sizeof buf - 1);
+  return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+}
+
+std::optional<std::string> text_param(const json& p, const char* name) {
+  auto it = p.find(name);
+  if (it == p.end() || it->is_null()) return std::nullopt;
+  if (!it->is_string())
+    throw Error(ErrorCode::invalid_argument, fmt::format("parameter '{}' must be a string", name));
+  return it->get<std::string>();
+}
+
+}  // namespace
+
+AuditTrail::AuditTrail(const Config& config, const std::filesystem::path& state_dir,
+                       Catalog& catalog, hsm::SecureElement& se)
+    : catalog_(catalog),
+      se_(se),
+      directory_(config.audit.directory.empty() ? state_dir / "audit" : config.audit.directory),
+      file_(config.audit.file),
+      reserve_bytes_(config.audit.free_space_reserve_bytes) {
+  policies::AuditLogOptions options;
+  options.directory = directory_;
+  options.file = file_;
+  options.rotate_bytes = config.audit.rotate_bytes;
+  options.sync_interval = config.audit.sync_interval;
+  options.checkpoint_every = config.audit.checkpoint_every;
+  options.free_space_reserve_bytes = config.audit.free_space_reserve_bytes;
+  options.on_checkpoint = [this](const policies::AuditCheckpoint& c) { store_checkpoint(c); };
+  log_ = std::make_unique<policies::AuditLog>(
+      options, [this](std::span<const std::uint8_t> data) { return se_.audit_mac(data); });
+  const auto last = log_->last();
+  if (auto stored = stored_checkpoint(); stored && stored->seq > last.seq) {
+    spdlog::error(
+        "audit log {} ends at record {} but its checkpoint says {}: the log was cut; 'm2mvault "
+        "audit verify' reports it",
+        path().string(), last.seq, stored->seq);
+  }
+}
+
+AuditTrail::~AuditTrail() {
+  try {
+    log_->sync();
+    const auto last = log_->last();
+    if (last.seq > 0) store_checkpoint(last);
+  } catch (const std::exception& e) {
+    spdlog::error("audit log: final checkpoint not stored: {}", e.what());
+  }
+}
+
+std::filesystem::path AuditTrail::path() const {
+  return file_.empty() ? directory_ : file_;
+}
+
+void AuditTrail::store_checkpoint(const policies::AuditCheckpoint& c) {
+  catalog_.set_audit_checkpoint(c.seq, std::vector<std::uint8_t>(c.tag.begin(), c.tag.end()));
+  in_token([&] { se_.store_audit_checkpoint(encode_checkpoint(c)); });
+}
+
+std::optional<policies::AuditCheckpoint> AuditTrail::stored_checkpoint() {
+  std::optional<policies::AuditCheckpoint> best;
+  if (auto row = catalog_.audit_checkpoint(); row && row->second.size() == 32) {
+    policies::AuditCheckpoint c;
+    c.seq = row->first;
+    std::copy(row->second.begin(), row->second.end(), c.tag.begin());
+    best = c;
+  }
+  if (auto value = in_token([&] { return se_.load_audit_checkpoint(); })) {
+    if (auto c = decode_checkpoint(*value); c && (!best || c->seq > best->seq)) best = c;
+  }
+  return best;
+}
+
+void AuditTrail::check_writable() {
+  // The log itself notices write errors and unlinks when it writes; the
+  // reserve is checked here as well, before the request does any work.
+  const auto dir = file_.empty() ? directory_ : file_.parent_path();
+  struct statvfs fs {};
+  if (::statvfs(dir.c_str(), &fs) == 0 &&
+      static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize < reserve_bytes_ && file_.empty()) {
+    throw Error(ErrorCode::backend_unavailable,
+                fmt::format("audit log {}: less than {} bytes free: request refused",
+                            directory_.string(), reserve_bytes_));
+  }
+}
+
+policies::AuditRecord AuditTrail::to_record(const Entry& e) const {
+  policies::AuditRecord r;
+  r.uid = e.principal->uid;
+  r.gid = e.principal->gid;
+  r.pid = e.principal->pid;
+  r.exe = exe_of(e.principal->pid);
+  r.op = std::string(e.op);
+  r.key = e.key == "-" ? std::string() : std::string(e.key);
+  r.key_id = std::string(e.key_id);
+  r.result = std::string(e.result);
+  r.error = std::string(e.error);
+  r.durable = e.durable;
+  return r;
+}
+
+void AuditTrail::record(const Entry& entry) {
+  log_->append(to_record(entry));
+}
+
+void AuditTrail::record_denial(const Entry& entry) {
+  log_->note_denial(to_record(entry));
+}
+
+json AuditTrail::query(std::string_view op, const json& p) {
+  if (op == "audit.verify") {
+    log_->sync();
+    const auto report = policies::verify_audit_log(
+        path(), [this](std::span<const std::uint8_t> d) { return se_.audit_mac(d); },
+        stored_checkpoint());
+    json out = {{"intact", report.intact},
+                {"records", report.records},
+                {"first_seq", report.first_seq},
+                {"last_seq", report.last_seq}};
+    if (report.problem) {
+      out["problem"] = {{"seq", report.problem->seq},
+                        {"file", report.problem->file},
+                        {"line", report.problem->line},
+                        {"kind", report.problem->kind},
+                        {"detail", report.problem->detail}};
+    }
+    return out;
+  }
+  if (op == "audit.stats") {
+    std::uint64_t records = 0, requests = 0, denied = 0, errors = 0;
+    std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> keys, principals;
+    policies::read_audit_log(path(), [&](const json& r) {
+      const std::uint64_t count = r.value("count", std::uint64_t{1});
+      const std::string result = r.value("result", "");
+      std::string key = r.value("key_id", "");
+      if (key.empty()) key = r.value("key", "");
+      const std::string uid = std::to_string(r.value("uid", 0u));
+      ++records;
+      requests += count;
+      auto& k = keys[key];
+      auto& u = principals[uid];
+      if (result == "denied") {
+        denied += count;
+        if (!key.empty()) k.second += count;
+        u.second += count;
+      } else {
+        if (result == "error") errors += count;
+        if (!key.empty() && result == "ok") k.first += count;
+      }
+      u.first += count;
+      return true;
+    });
+    json by_key = json::object(), by_uid = json::object();
+    for (const auto& [k, v] : keys)
+      if (!k.empty()) by_key[k] = {{"uses", v.first}, {"denied", v.second}};
+    for (const auto& [u, v] : principals) by_uid[u] = {{"requests", v.first}, {"denied", v.second}};
+    return {{"records", records}, {"requests", requests}, {"denied", denied},
+            {"errors", errors},   {"keys", by_key},       {"principals", by_uid}};
+  }
+  // audit.show: filters, oldest first, paged by seq.
+  constexpr std::size_t kPage = 1000;
+  const auto key = text_param(p, "key");
+  const auto uid = text_param(p, "uid");
+  const auto want_op = text_param(p, "op");
+  const auto result = text_param(p, "result");
+  const auto since = text_param(p, "since");
+  const auto until = text_param(p, "until");
+  const std::int64_t since_ms = since ? parse_rfc3339(*since) * 1000 : 0;
+  const std::int64_t until_ms = until ? parse_rfc3339(*until) * 1000 : INT64_MAX;
+  std::uint64_t after = 0;
+  if (auto it = p.find("after"); it != p.end() && it->is_number_unsigned()) after = *it;
+  std::size_t limit = 0;
+  if (auto it = p.find("limit"); it != p.end() && it->is_number_unsigned()) limit = *it;
+  std::deque<json> matched;
+  std::uint64_t last_seq = 0;
+  bool more = false;
+  policies::read_audit_log(path(), [&](const json& r) {
+    const std::uint64_t seq = r.value("seq", std::uint64_t{0});
+    if (seq <= after) return true;
+    if (key && r.value("key", "") != *key && r.value("key_id", "") != *key) return true;
+    if (uid && std::to_string(r.value("uid", 0u)) != *uid) return true;
+    if (want_op && r.value("op", "") != *want_op) return true;
+    if (result && r.value("result", "") != *result) return true;
+    if (since || until) {
+      // Records carry milliseconds; filters are whole seconds.
+      std::string time = r.value("time", "");
+      if (auto dot = time.find('.'); dot != std::string::npos) time = time.substr(0, dot) + "Z";
+      const std::int64_t t = parse_rfc3339(time) * 1000;
+      if (t < since_ms || t >= until_ms) return true;
+    }
+    matched.push_back(r);
+    if (limit) {
+      if (matched.size() > limit) matched.pop_front();  // keep the newest
+      return true;
+    }
+    if (matched.size() > kPage) {
+      matched.pop_back();
+      more = true;
+      return false;
+    }
+    last_seq = seq;
+    return true;
+  });
+  json records = json::array();
+  for (auto& r : matched) records.push_back(std::move(r));
+  return {{"records", std::move(records)}, {"next", more ? json(last_seq) : json(nullptr)}};
+}
+
+}  // namespace m2mvault::vault

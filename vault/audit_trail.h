@@ -1,0 +1,49 @@
+// The daemon's audit trail: policies::AuditLog with its MAC key in the
+// secure element and its checkpoint in the catalog and the token, behind the
+// dispatcher's RequestAudit interface (docs/THREAT-MODEL.md).
+#pragma once
+
+#include <memory>
+#include <optional>
+
+#include "hsm/secure_element.h"
+#include "policies/audit_log.h"
+#include "vault/catalog.h"
+#include "vault/config.h"
+#include "vault/dispatch.h"
+
+namespace m2mvault::vault {
+
+class AuditTrail final : public RequestAudit {
+ public:
+  // Opens the log under config.audit (default <state_dir>/audit) and checks
+  // it against the stored checkpoints; a log behind them is reported (error
+  // log line) and `audit verify` names it truncated. Throws
+  // Error(backend_unavailable) when the log cannot be opened.
+  AuditTrail(const Config& config, const std::filesystem::path& state_dir, Catalog& catalog,
+             hsm::SecureElement& se);
+  // Syncs and stores the final checkpoint.
+  ~AuditTrail() override;
+
+  void check_writable() override;
+  void record(const Entry& entry) override;
+  void record_denial(const Entry& entry) override;
+  nlohmann::json query(std::string_view op, const nlohmann::json& params) override;
+
+  // The newest checkpoint stored in the catalog or the token.
+  std::optional<policies::AuditCheckpoint> stored_checkpoint();
+
+ private:
+  policies::AuditRecord to_record(const Entry& entry) const;
+  void store_checkpoint(const policies::AuditCheckpoint& checkpoint);
+  std::filesystem::path path() const;
+
+  Catalog& catalog_;
+  hsm::SecureElement& se_;
+  std::filesystem::path directory_;
+  std::filesystem::path file_;
+  std::uint64_t reserve_bytes_;
+  std::unique_ptr<policies::AuditLog> log_;
+};
+
+}  // namespace m2mvault::vault
