@@ -16,6 +16,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "api/error.h"
@@ -151,6 +152,9 @@ struct Server::Impl {
   // Declared before io: connections still queued in io decrement it while
   // io is destroyed.
   std::atomic<std::size_t> connections{0};
+  // Open connections per uid, when a per-principal limit applies.
+  std::mutex per_uid_mutex;
+  std::unordered_map<uid_t, std::size_t> per_uid;
   asio::io_context io;
   local::acceptor acceptor{io};
   // The socket file this server bound, so it never unlinks a successor's.
@@ -162,6 +166,24 @@ struct Server::Impl {
       : config(std::move(c)),
         handler(h),
         io(static_cast<int>(std::max<std::size_t>(1, config.threads))) {}
+
+  // Counts a new connection of `p`; false when it is over its limit.
+  bool admit(const Principal& p) {
+    const std::size_t limit =
+        config.connections_per_principal ? config.connections_per_principal(p) : 0;
+    std::lock_guard lock(per_uid_mutex);
+    auto& count = per_uid[p.uid];
+    if (limit && count >= limit) {
+      if (count == 0) per_uid.erase(p.uid);
+      return false;
+    }
+    ++count;
+    return true;
+  }
+  void release(uid_t uid) {
+    std::lock_guard lock(per_uid_mutex);
+    if (auto it = per_uid.find(uid); it != per_uid.end() && --it->second == 0) per_uid.erase(it);
+  }
 
   void bind();
   void accept();
@@ -177,7 +199,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Connection(Server::Impl& server, local::socket socket)
       : server_(server), socket_(std::move(socket)), timer_(socket_.get_executor()) {}
 
-  ~Connection() { server_.connections.fetch_sub(1, std::memory_order_relaxed); }
+  ~Connection() {
+    if (admitted_) server_.release(principal_.uid);
+    server_.connections.fetch_sub(1, std::memory_order_relaxed);
+  }
 
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -192,6 +217,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
       self->socket_.non_blocking(true, ec);
       if (ec) return self->close();
       self->principal_ = peer_of(self->socket_.native_handle());
+      if (!self->server_.admit(self->principal_)) {
+        return self->refuse_on_strand(
+            ErrorCode::backend_unavailable,
+            "too many connections from uid " + std::to_string(self->principal_.uid));
+      }
+      self->admitted_ = true;
       self->in_.resize(kInitialBufferBytes);
       self->serve();
     });
@@ -352,7 +383,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   local::socket socket_;
   asio::steady_timer timer_;
   Principal principal_;
-  std::vector<char> in_;  // received bytes: [start_, end_) not yet served
+  bool admitted_ = false;  // counted in the server's per-uid connections
+  std::vector<char> in_;   // received bytes: [start_, end_) not yet served
   std::size_t start_ = 0;
   std::size_t end_ = 0;
   std::string out_;  // the response frame being written, reused

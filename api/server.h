@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstddef>
 #include <filesystem>
+#include <functional>
 #include <memory>
 
 #include "api/protocol.h"
@@ -21,6 +22,9 @@ struct ServerConfig {
   std::chrono::milliseconds idle_timeout{std::chrono::minutes(10)};
   std::size_t max_connections = 512;
   std::size_t threads = 8;  // request threads; handlers may block (HSM, fsync)
+  // Open connections one principal may hold (0: no limit beyond
+  // max_connections); asked for each new connection, so it may change.
+  std::function<std::size_t(const Principal&)> connections_per_principal;
 };
 
 class Server {

@@ -434,7 +434,9 @@ void Cli::add_policy(CLI::App& app) {
   auto* check = policy->add_subcommand(
       "check", "Explain what the policy in force decides for a uid, an operation and a key");
   check->add_option("--uid", check_uid, "The uid asking")->required();
-  check->add_option("--op", check_op, "The wire operation, e.g. sign, key.show, psk.release")
+  check
+      ->add_option("--op", check_op,
+                   "A wire operation (sign, key.show, ...) or a grant (psk.release, key.read, ...)")
       ->required();
   check->add_option("--key", key_ref, "The key, by name or identifier");
   check->add_flag("--json", o.json_output, "Print JSON");

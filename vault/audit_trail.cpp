@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <deque>
@@ -58,8 +57,7 @@ AuditTrail::AuditTrail(const Config& config, const std::filesystem::path& state_
     : catalog_(catalog),
       se_(se),
       directory_(config.audit.directory.empty() ? state_dir / "audit" : config.audit.directory),
-      file_(config.audit.file),
-      reserve_bytes_(config.audit.free_space_reserve_bytes) {
+      file_(config.audit.file) {
   policies::AuditLogOptions options;
   options.directory = directory_;
   options.file = file_;
@@ -99,30 +97,50 @@ void AuditTrail::store_checkpoint(const policies::AuditCheckpoint& c) {
 }
 
 std::optional<policies::AuditCheckpoint> AuditTrail::stored_checkpoint() {
+  return stored_audit_checkpoint(catalog_, se_);
+}
+
+std::optional<policies::AuditCheckpoint> stored_audit_checkpoint(Catalog& catalog,
+                                                                 hsm::SecureElement& se) {
   std::optional<policies::AuditCheckpoint> best;
-  if (auto row = catalog_.audit_checkpoint(); row && row->second.size() == 32) {
+  if (auto row = catalog.audit_checkpoint(); row && row->second.size() == 32) {
     policies::AuditCheckpoint c;
     c.seq = row->first;
     std::copy(row->second.begin(), row->second.end(), c.tag.begin());
     best = c;
   }
-  if (auto value = in_token([&] { return se_.load_audit_checkpoint(); })) {
+  if (auto value = in_token([&] { return se.load_audit_checkpoint(); })) {
     if (auto c = decode_checkpoint(*value); c && (!best || c->seq > best->seq)) best = c;
   }
   return best;
 }
 
-void AuditTrail::check_writable() {
-  // The log itself notices write errors and unlinks when it writes; the
-  // reserve is checked here as well, before the request does any work.
-  const auto dir = file_.empty() ? directory_ : file_.parent_path();
-  struct statvfs fs {};
-  if (::statvfs(dir.c_str(), &fs) == 0 &&
-      static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize < reserve_bytes_ && file_.empty()) {
-    throw Error(ErrorCode::backend_unavailable,
-                fmt::format("audit log {}: less than {} bytes free: request refused",
-                            directory_.string(), reserve_bytes_));
+json verify_audit_trail(const std::filesystem::path& path, Catalog& catalog,
+                        hsm::SecureElement& se) {
+  const auto report = policies::verify_audit_log(
+      path, [&se](std::span<const std::uint8_t> d) { return se.audit_mac(d); },
+      stored_audit_checkpoint(catalog, se));
+  json out = {{"intact", report.intact},
+              {"records", report.records},
+              {"first_seq", report.first_seq},
+              {"last_seq", report.last_seq}};
+  if (report.problem) {
+    out["problem"] = {{"seq", report.problem->seq},
+                      {"file", report.problem->file},
+                      {"line", report.problem->line},
+                      {"kind", report.problem->kind},
+                      {"detail", report.problem->detail}};
   }
+  return out;
+}
+
+std::filesystem::path audit_path(const Config& config, const std::filesystem::path& state_dir) {
+  if (!config.audit.file.empty()) return config.audit.file;
+  return config.audit.directory.empty() ? state_dir / "audit" : config.audit.directory;
+}
+
+void AuditTrail::check_writable() {
+  log_->check_writable();
 }
 
 policies::AuditRecord AuditTrail::to_record(const Entry& e) const {
@@ -151,21 +169,7 @@ void AuditTrail::record_denial(const Entry& entry) {
 json AuditTrail::query(std::string_view op, const json& p) {
   if (op == "audit.verify") {
     log_->sync();
-    const auto report = policies::verify_audit_log(
-        path(), [this](std::span<const std::uint8_t> d) { return se_.audit_mac(d); },
-        stored_checkpoint());
-    json out = {{"intact", report.intact},
-                {"records", report.records},
-                {"first_seq", report.first_seq},
-                {"last_seq", report.last_seq}};
-    if (report.problem) {
-      out["problem"] = {{"seq", report.problem->seq},
-                        {"file", report.problem->file},
-                        {"line", report.problem->line},
-                        {"kind", report.problem->kind},
-                        {"detail", report.problem->detail}};
-    }
-    return out;
+    return verify_audit_trail(path(), catalog_, se_);
   }
   if (op == "audit.stats") {
     std::uint64_t records = 0, requests = 0, denied = 0, errors = 0;
@@ -173,6 +177,7 @@ json AuditTrail::query(std::string_view op, const json& p) {
     policies::read_audit_log(path(), [&](const json& r) {
       const std::uint64_t count = r.value("count", std::uint64_t{1});
       const std::string result = r.value("result", "");
+      if (result == "started") return true;  // its outcome is the next record of the request
       std::string key = r.value("key_id", "");
       if (key.empty()) key = r.value("key", "");
       const std::string uid = std::to_string(r.value("uid", 0u));

@@ -14,6 +14,18 @@
 
 namespace m2mvault::vault {
 
+// The newest audit checkpoint stored in the catalog or the token.
+std::optional<policies::AuditCheckpoint> stored_audit_checkpoint(Catalog& catalog,
+                                                                 hsm::SecureElement& se);
+
+// Verifies the audit log at `path` (directory or file) with the token's
+// audit key against the stored checkpoint: the `audit.verify` result.
+nlohmann::json verify_audit_trail(const std::filesystem::path& path, Catalog& catalog,
+                                  hsm::SecureElement& se);
+
+// Where the audit log of this configuration lives (directory, or the file).
+std::filesystem::path audit_path(const Config& config, const std::filesystem::path& state_dir);
+
 class AuditTrail final : public RequestAudit {
  public:
   // Opens the log under config.audit (default <state_dir>/audit) and checks
@@ -29,6 +41,9 @@ class AuditTrail final : public RequestAudit {
   void record(const Entry& entry) override;
   void record_denial(const Entry& entry) override;
   nlohmann::json query(std::string_view op, const nlohmann::json& params) override;
+  void set_flood_limits(std::size_t threshold, std::chrono::seconds window) override {
+    log_->set_flood_limits(threshold, window);
+  }
 
   // The newest checkpoint stored in the catalog or the token.
   std::optional<policies::AuditCheckpoint> stored_checkpoint();
@@ -42,7 +57,6 @@ class AuditTrail final : public RequestAudit {
   hsm::SecureElement& se_;
   std::filesystem::path directory_;
   std::filesystem::path file_;
-  std::uint64_t reserve_bytes_;
   std::unique_ptr<policies::AuditLog> log_;
 };
 

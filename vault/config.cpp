@@ -73,11 +73,11 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
     throw Error(ErrorCode::invalid_argument,
                 fmt::format("{}:{}: {}", file->string(), e.source().begin.line, e.description()));
   }
-  check_keys(
-      *file, root,
-      {"state_dir", "socket", "backend", "log_level", "log_file", "threads", "max_connections",
-       "frame_timeout_ms", "idle_timeout_ms", "pkcs11", "id_format", "handshake"},
-      "");
+  check_keys(*file, root,
+             {"state_dir", "socket", "backend", "log_level", "log_file", "threads",
+              "max_connections", "frame_timeout_ms", "idle_timeout_ms", "pkcs11", "id_format",
+              "handshake", "audit", "policy_file"},
+             "");
   read(*file, root, "state_dir", config.state_dir);
   read(*file, root, "socket", config.socket);
   read(*file, root, "backend", config.backend);
@@ -92,9 +92,10 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
     const toml::table* a = node->as_table();
     if (!a) bad(*file, *node, "'audit' must be a table");
     check_keys(*file, *a,
-               {"directory", "file", "sync_interval_ms", "checkpoint_every", "rotate_bytes",
-                "free_space_reserve_bytes"},
+               {"enabled", "directory", "file", "sync_interval_ms", "checkpoint_every",
+                "rotate_bytes", "free_space_reserve_bytes"},
                "audit.");
+    read(*file, *a, "enabled", config.audit.enabled);
     read(*file, *a, "directory", config.audit.directory);
     read(*file, *a, "file", config.audit.file);
     read(*file, *a, "sync_interval_ms", config.audit.sync_interval);

@@ -44,6 +44,7 @@ struct HandshakeSettings {
 
 // The audit log (policies/audit_log.h, docs/THREAT-MODEL.md).
 struct AuditSettings {
+  bool enabled = true;              // false only to measure what auditing costs
   std::filesystem::path directory;  // default: <state_dir>/audit
   std::filesystem::path file;       // a fixed file instead (no rotation), e.g. for a test
   std::chrono::milliseconds sync_interval{100};

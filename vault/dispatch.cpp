@@ -78,7 +78,7 @@ json optional_json(const std::optional<std::string>& v) {
 
 // The key named by a request, for the log line (never a value).
 std::string key_of(const api::Request& request) {
-  for (const char* name : {"key", "psk_key", "name", "id", "session"}) {
+  for (const char* name : {"key", "psk_key", "ke", "name", "id", "session"}) {
     auto it = request.params.find(name);
     if (it != request.params.end() && it->is_string()) return it->get<std::string>();
   }
@@ -177,7 +177,12 @@ Dispatcher::Dispatcher(Vault& vault, Handshakes& handshakes, policies::PolicySto
       handshakes_(handshakes),
       policies_(policies),
       audit_(audit),
-      started_(std::chrono::steady_clock::now()) {}
+      started_(std::chrono::steady_clock::now()) {
+  if (audit_) {
+    const auto& limits = policies_.current()->limits();
+    audit_->set_flood_limits(limits.denial_flood_threshold, limits.denial_flood_window);
+  }
+}
 
 struct Dispatcher::Context {
   const api::Principal& principal;
@@ -289,8 +294,27 @@ json Dispatcher::handle(const api::Principal& principal, const api::Request& req
                    fmt::format("operation '{}' denied: {}", request.op, decision.reason));
     }
   }
-  if (audited) audit_->check_writable();
+  // Reading the audit log stays possible while it cannot be written: that
+  // is when an operator needs `audit verify`. Everything else fails closed.
+  const bool reads_audit = *grant == policies::Grant::audit_read;
+  auto write_audit = [&](const RequestAudit::Entry& e) {
+    if (!reads_audit) return audit_->record(e);
+    try {
+      audit_->record(e);
+    } catch (const Error& failure) {
+      spdlog::error("{} by uid {} not audited: {}", request.op, principal.uid, failure.what());
+    }
+  };
+  if (audited && !reads_audit) audit_->check_writable();
   entry.durable = is_durable(*grant, request.op);
+  if (audited && entry.durable) {
+    // A request that changes keys or the policy is first recorded as
+    // started: if the log cannot take a record, nothing has happened yet.
+    RequestAudit::Entry started = entry;
+    started.result = "started";
+    started.durable = false;
+    audit_->record(started);
+  }
   try {
     json result = dispatch(context, request);
     // The identifier of a key the operation created (a key object, or a
@@ -306,7 +330,7 @@ json Dispatcher::handle(const api::Principal& principal, const api::Request& req
     }
     if (audited) {
       entry.key_id = key_id;
-      audit_->record(entry);
+      write_audit(entry);
     }
     return result;
   } catch (const Error& e) {
@@ -317,7 +341,7 @@ json Dispatcher::handle(const api::Principal& principal, const api::Request& req
       entry.error = to_string(e.code());
       entry.key_id = key_id;
       entry.durable = false;
-      audit_->record(entry);
+      write_audit(entry);
     }
     throw;
   }
@@ -498,6 +522,10 @@ json Dispatcher::dispatch(const Context& context, const api::Request& request) {
 
   if (op == "policy.reload") {
     const std::string described = policies_.reload();
+    if (audit_) {
+      const auto& limits = policies_.current()->limits();
+      audit_->set_flood_limits(limits.denial_flood_threshold, limits.denial_flood_window);
+    }
     spdlog::info("policy reloaded by uid {}: {}", principal.uid, described);
     return {{"policy", described}};
   }
@@ -542,8 +570,20 @@ json Dispatcher::policy_check(const json& p) const {
     throw Error(ErrorCode::invalid_argument, "parameter 'uid' (a number) is required");
   const auto uid = uid_param->get<uid_t>();
   const std::string op = required_string(p, "op");
+  // A wire operation, or a grant by its policy-file name (psk.release, ...).
   auto grant = policies::grant_for_operation(op);
-  if (!grant) throw Error(ErrorCode::invalid_argument, fmt::format("unknown operation '{}'", op));
+  if (!grant) {
+    for (auto g :
+         {policies::Grant::key_read, policies::Grant::key_create, policies::Grant::key_delete,
+          policies::Grant::sign, policies::Grant::psk_release, policies::Grant::derive,
+          policies::Grant::handshake, policies::Grant::audit_read, policies::Grant::policy_admin}) {
+      if (policies::to_string(g) == op) grant = g;
+    }
+  }
+  if (!grant) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("'{}' is neither an operation nor a grant", op));
+  }
   // The uid's groups as the kernel would report them for its processes.
   policies::Principal who{uid, static_cast<gid_t>(-1), {}};
   if (const passwd* pw = ::getpwuid(uid)) {

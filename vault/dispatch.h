@@ -40,6 +40,8 @@ class RequestAudit {
   virtual void record(const Entry& entry) = 0;
   // A denial: may be coalesced with others of the same principal in a flood.
   virtual void record_denial(const Entry& entry) = 0;
+  // The policy's denial-flood limits, at start and after each reload.
+  virtual void set_flood_limits(std::size_t threshold, std::chrono::seconds window) = 0;
   // audit.show, audit.verify, audit.stats (api/PROTOCOL.md).
   virtual nlohmann::json query(std::string_view op, const nlohmann::json& params) = 0;
 };

@@ -24,10 +24,10 @@
 #include "api/server.h"
 #include "hsm/pkcs11/pkcs11_backend.h"
 #include "policies/policy.h"
+#include "vault/audit_trail.h"
 #include "vault/catalog.h"
 #include "vault/config.h"
 #include "vault/dispatch.h"
-#include "vault/audit_trail.h"
 #include "vault/handshakes.h"
 #include "vault/state_dir.h"
 #include "vault/vault.h"
@@ -69,11 +69,15 @@ int run(int argc, char** argv) {
   std::string socket;
   std::string log_level;
   std::string policy_file;
+  bool verify_audit = false;
   app.add_option("--state-dir", state_dir, "State directory (catalog, embedded token)");
   app.add_option("--config", config_file, "TOML configuration file")->check(CLI::ExistingFile);
   app.add_option("--socket", socket, "Unix socket path (default /run/m2mvault/m2mvault.sock)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
   app.add_option("--policy", policy_file, "Policy file (docs/POLICY.md); default: admins only");
+  app.add_flag("--verify-audit", verify_audit,
+               "Verify the audit log with the token's audit key and exit (0: intact, 3: broken); "
+               "for when the daemon cannot start. The daemon must not be running");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -116,6 +120,12 @@ int run(int argc, char** argv) {
     throw Error(ErrorCode::backend_unavailable, e.what());
   }
   auto catalog = vault::Catalog::open(state.catalog_path());
+  if (verify_audit) {
+    const auto report =
+        vault::verify_audit_trail(vault::audit_path(config, state.path()), *catalog, *se);
+    std::printf("%s\n", report.dump(2).c_str());
+    return report.value("intact", false) ? 0 : 3;
+  }
   vault::Vault vault(*catalog, *se);
   auto report = vault.reconcile();
   if (report.completed + report.dropped + report.destroyed > 0) {
@@ -131,14 +141,31 @@ int run(int argc, char** argv) {
                                  ::geteuid());
   spdlog::info("policy: {}", policies.current()->describe());
   vault::Handshakes handshakes(vault, *se, config);
-  vault::AuditTrail audit(config, state.path(), *catalog, *se);
-  vault::Dispatcher dispatcher(vault, handshakes, policies, &audit);
+  std::unique_ptr<vault::AuditTrail> audit;
+  if (config.audit.enabled) {
+    try {
+      audit = std::make_unique<vault::AuditTrail>(config, state.path(), *catalog, *se);
+    } catch (const Error& e) {
+      throw Error(e.code(), fmt::format("{} (inspect it with 'm2mvaultd --state-dir {} "
+                                        "--verify-audit'; the daemon will not run unaudited)",
+                                        e.what(), state.path().string()));
+    }
+  } else {
+    spdlog::warn("the audit log is disabled ([audit] enabled = false): no request is recorded");
+  }
+  vault::Dispatcher dispatcher(vault, handshakes, policies, audit.get());
   api::ServerConfig server_config;
   server_config.socket_path = config.socket;
   server_config.threads = config.threads;
   server_config.max_connections = config.max_connections;
   server_config.frame_timeout = config.frame_timeout;
   server_config.idle_timeout = config.idle_timeout;
+  // [limits] connections_per_principal of the policy in force; administrators are exempt.
+  server_config.connections_per_principal = [&policies](const api::Principal& p) -> std::size_t {
+    const auto policy = policies.current();
+    if (policy->is_administrator({p.uid, p.gid, p.groups})) return 0;
+    return policy->limits().connections_per_principal;
+  };
   api::Server server(server_config, dispatcher);
 
   std::thread signal_thread([&] {
@@ -147,6 +174,10 @@ int run(int argc, char** argv) {
       if (sig == SIGHUP) {
         try {
           spdlog::info("SIGHUP: policy reloaded: {}", policies.reload());
+          if (audit) {
+            const auto& limits = policies.current()->limits();
+            audit->set_flood_limits(limits.denial_flood_threshold, limits.denial_flood_window);
+          }
         } catch (const std::exception& e) {
           spdlog::error("SIGHUP: policy not reloaded, the old one stays in force: {}", e.what());
         }
