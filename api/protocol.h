@@ -16,6 +16,7 @@ struct Principal {
   gid_t gid = static_cast<gid_t>(-1);
   pid_t pid = 0;
   std::vector<gid_t> groups;  // supplementary groups
+  std::string exe;            // /proc/<pid>/exe when the connection was made ("" if unknown)
 };
 
 struct Request {

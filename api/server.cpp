@@ -96,6 +96,11 @@ Principal peer_of(int fd) {
     p.uid = cred.uid;
     p.gid = cred.gid;
     p.pid = cred.pid;
+    // Read once per connection, for the audit log (the pid is the connector's).
+    char exe[4096];
+    const std::string link = "/proc/" + std::to_string(cred.pid) + "/exe";
+    const ssize_t n = ::readlink(link.c_str(), exe, sizeof exe - 1);
+    if (n > 0) p.exe.assign(exe, static_cast<std::size_t>(n));
   } else {
     spdlog::warn("SO_PEERCRED failed: {}", errno_text(errno));
   }

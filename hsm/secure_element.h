@@ -19,6 +19,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -29,6 +30,8 @@ namespace m2mvault::hsm {
 
 using Bytes = std::vector<std::uint8_t>;
 using Hmac = std::array<std::uint8_t, 32>;
+
+inline constexpr std::string_view kAuditEpochLabel = "m2mvault audit epoch";
 
 enum class SigningAlgorithm { ec_p256, rsa_2048 };
 
@@ -153,6 +156,19 @@ class SecureElement {
   // non-extractable token secret created when the backend opens, so whoever
   // can rewrite the log but not use the token cannot forge its chain.
   virtual Hmac audit_mac(std::span<const std::uint8_t> data) = 0;
+
+  // Audit epochs, so a record costs a software HMAC, not a token operation:
+  // the epoch key is HMAC-SHA-256(audit key, kAuditEpochLabel || nonce),
+  // computed in the token and held only in a locked buffer here. Anyone
+  // who can read it could as well use the token, as the daemon does.
+  // begin_audit_epoch() draws a 16-byte nonce, makes its key current and
+  // returns the nonce (for the log's epoch record, MAC'd by audit_mac()).
+  virtual Bytes begin_audit_epoch() = 0;
+  // HMAC-SHA-256 with the current epoch key (begin_audit_epoch() first).
+  virtual Hmac audit_epoch_mac(std::span<const std::uint8_t> data) = 0;
+  // HMAC-SHA-256 with the epoch key of `nonce`, for verification.
+  virtual Hmac audit_epoch_mac_for(std::span<const std::uint8_t> nonce,
+                                   std::span<const std::uint8_t> data) = 0;
 
   // The audit checkpoint kept in the token (a private data object), and
   // read back; nullopt before the first one.

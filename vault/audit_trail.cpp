@@ -35,6 +35,40 @@ std::optional<policies::AuditCheckpoint> decode_checkpoint(const std::vector<std
   return c;
 }
 
+constexpr std::string_view kEpochOp = R"("op":"audit.epoch")";
+
+// Whether a MAC input (prev tag || canonical line) is an epoch record: JSON
+// escaping keeps that text out of every string value, so only the op field
+// can hold it.
+bool is_epoch_record(std::span<const std::uint8_t> data) {
+  if (data.size() <= 32) return false;
+  std::string_view line(reinterpret_cast<const char*>(data.data()) + 32, data.size() - 32);
+  return line.find(kEpochOp) != std::string_view::npos;
+}
+
+// The nonce an epoch record names in its "key" field (32 hex digits).
+std::optional<std::vector<std::uint8_t>> epoch_nonce(std::span<const std::uint8_t> data) {
+  std::string_view line(reinterpret_cast<const char*>(data.data()) + 32, data.size() - 32);
+  const auto at = line.find(R"("key":")", line.find(kEpochOp));
+  if (at == std::string_view::npos) return std::nullopt;
+  return encoding::hex_decode(line.substr(at + 7, 32));
+}
+
+// The MAC of records being verified in order: an epoch record is MAC'd by
+// the token's audit key and makes its epoch key current for what follows;
+// records before any epoch record (logs from before epochs) use the
+// token's key.
+policies::AuditMac verifying_mac(hsm::SecureElement& se) {
+  auto nonce = std::make_shared<std::optional<std::vector<std::uint8_t>>>();
+  return [&se, nonce](std::span<const std::uint8_t> data) {
+    if (is_epoch_record(data)) {
+      *nonce = epoch_nonce(data);
+      return se.audit_mac(data);
+    }
+    return *nonce ? se.audit_epoch_mac_for(**nonce, data) : se.audit_mac(data);
+  };
+}
+
 std::string exe_of(pid_t pid) {
   char buf[4096];
   const std::string link = fmt::format("/proc/{}/exe", pid);
@@ -66,8 +100,36 @@ AuditTrail::AuditTrail(const Config& config, const std::filesystem::path& state_
   options.checkpoint_every = config.audit.checkpoint_every;
   options.free_space_reserve_bytes = config.audit.free_space_reserve_bytes;
   options.on_checkpoint = [this](const policies::AuditCheckpoint& c) { store_checkpoint(c); };
-  log_ = std::make_unique<policies::AuditLog>(
-      options, [this](std::span<const std::uint8_t> data) { return se_.audit_mac(data); });
+  // Until this run's epoch begins, the log's last record is checked with the
+  // key of the epoch that wrote it.
+  try {
+    // (A device such as /dev/full holds no records to read.)
+    if (file_.empty() || std::filesystem::is_regular_file(file_))
+      policies::read_audit_log(path(), [this](const json& r) {
+        if (r.value("op", "") == "audit.epoch")
+          resume_nonce_ = encoding::hex_decode(r.value("key", ""));
+        return true;
+      });
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::not_found) throw;
+  }
+  log_ = std::make_unique<policies::AuditLog>(options, [this](std::span<const std::uint8_t> data) {
+    if (is_epoch_record(data)) return se_.audit_mac(data);
+    if (live_) return se_.audit_epoch_mac(data);
+    return resume_nonce_ ? se_.audit_epoch_mac_for(*resume_nonce_, data) : se_.audit_mac(data);
+  });
+  // This run's epoch: its nonce in a record MAC'd by the token's key; the
+  // records after it are MAC'd in software with the epoch key.
+  const auto nonce = in_token([&] { return se_.begin_audit_epoch(); });
+  live_ = true;
+  epoch_nonce_ = encoding::hex_encode(nonce);
+  try {
+    write_epoch_record();
+  } catch (const Error& e) {
+    // Fail closed per request: each one tries again and is refused until
+    // the log takes records (and this epoch record first).
+    spdlog::error("audit log: cannot record this run's epoch: {}", e.what());
+  }
   const auto last = log_->last();
   if (auto stored = stored_checkpoint(); stored && stored->seq > last.seq) {
     spdlog::error(
@@ -117,9 +179,8 @@ std::optional<policies::AuditCheckpoint> stored_audit_checkpoint(Catalog& catalo
 
 json verify_audit_trail(const std::filesystem::path& path, Catalog& catalog,
                         hsm::SecureElement& se) {
-  const auto report = policies::verify_audit_log(
-      path, [&se](std::span<const std::uint8_t> d) { return se.audit_mac(d); },
-      stored_audit_checkpoint(catalog, se));
+  const auto report =
+      policies::verify_audit_log(path, verifying_mac(se), stored_audit_checkpoint(catalog, se));
   json out = {{"intact", report.intact},
               {"records", report.records},
               {"first_seq", report.first_seq},
@@ -139,8 +200,25 @@ std::filesystem::path audit_path(const Config& config, const std::filesystem::pa
   return config.audit.directory.empty() ? state_dir / "audit" : config.audit.directory;
 }
 
+void AuditTrail::write_epoch_record() {
+  std::lock_guard lock(epoch_mutex_);
+  if (epoch_written_) return;
+  policies::AuditRecord epoch;
+  epoch.uid = ::geteuid();
+  epoch.gid = ::getegid();
+  epoch.pid = ::getpid();
+  epoch.exe = exe_of(::getpid());
+  epoch.op = "audit.epoch";
+  epoch.key = epoch_nonce_;
+  epoch.result = "ok";
+  epoch.durable = true;
+  log_->append(std::move(epoch));
+  epoch_written_ = true;
+}
+
 void AuditTrail::check_writable() {
   log_->check_writable();
+  write_epoch_record();
 }
 
 policies::AuditRecord AuditTrail::to_record(const Entry& e) const {
@@ -148,7 +226,7 @@ policies::AuditRecord AuditTrail::to_record(const Entry& e) const {
   r.uid = e.principal->uid;
   r.gid = e.principal->gid;
   r.pid = e.principal->pid;
-  r.exe = exe_of(e.principal->pid);
+  r.exe = e.principal->exe;
   r.op = std::string(e.op);
   r.key = e.key == "-" ? std::string() : std::string(e.key);
   r.key_id = std::string(e.key_id);
@@ -159,10 +237,12 @@ policies::AuditRecord AuditTrail::to_record(const Entry& e) const {
 }
 
 void AuditTrail::record(const Entry& entry) {
+  write_epoch_record();
   log_->append(to_record(entry));
 }
 
 void AuditTrail::record_denial(const Entry& entry) {
+  write_epoch_record();
   log_->note_denial(to_record(entry));
 }
 
@@ -178,6 +258,7 @@ json AuditTrail::query(std::string_view op, const json& p) {
       const std::uint64_t count = r.value("count", std::uint64_t{1});
       const std::string result = r.value("result", "");
       if (result == "started") return true;  // its outcome is the next record of the request
+      if (r.value("op", "") == "audit.epoch") return true;  // the daemon's own, not a request
       std::string key = r.value("key_id", "");
       if (key.empty()) key = r.value("key", "");
       const std::string uid = std::to_string(r.value("uid", 0u));

@@ -4,7 +4,10 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "hsm/secure_element.h"
 #include "policies/audit_log.h"
@@ -57,6 +60,13 @@ class AuditTrail final : public RequestAudit {
   hsm::SecureElement& se_;
   std::filesystem::path directory_;
   std::filesystem::path file_;
+  std::optional<std::vector<std::uint8_t>> resume_nonce_;  // the epoch of the log's last record
+  bool live_ = false;                                      // this run's epoch has begun
+  // This run's epoch record goes into the log first, before any request's.
+  void write_epoch_record();
+  std::mutex epoch_mutex_;
+  std::string epoch_nonce_;
+  bool epoch_written_ = false;
   std::unique_ptr<policies::AuditLog> log_;
 };
 

@@ -305,11 +305,12 @@ json Dispatcher::handle(const api::Principal& principal, const api::Request& req
       spdlog::error("{} by uid {} not audited: {}", request.op, principal.uid, failure.what());
     }
   };
-  if (audited && !reads_audit) audit_->check_writable();
   entry.durable = is_durable(*grant, request.op);
   if (audited && entry.durable) {
     // A request that changes keys or the policy is first recorded as
     // started: if the log cannot take a record, nothing has happened yet.
+    // (Any other request leaves nothing behind when its record then fails:
+    // its answer is withheld, and that is enough.)
     RequestAudit::Entry started = entry;
     started.result = "started";
     started.durable = false;

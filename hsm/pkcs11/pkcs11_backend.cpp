@@ -3,6 +3,8 @@
 #include "hsm/pkcs11/pkcs11_backend.h"
 
 #include <openssl/crypto.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include <cstring>
 #include <map>
@@ -217,6 +219,32 @@ class Pkcs11Backend final : public SecureElement {
     return token_hmac(fn(), session.handle(), audit_key_, data);
   }
 
+  Bytes begin_audit_epoch() override {
+    Bytes nonce(16);
+    if (RAND_bytes(nonce.data(), static_cast<int>(nonce.size())) != 1)
+      throw Error(Failure::internal, "RAND_bytes failed");
+    SecureBuffer key = epoch_key(nonce);
+    std::lock_guard lock(epoch_mutex_);
+    epoch_key_ = std::move(key);
+    return nonce;
+  }
+
+  Hmac audit_epoch_mac(std::span<const std::uint8_t> data) override {
+    std::lock_guard lock(epoch_mutex_);
+    if (epoch_key_.empty()) throw Error(Failure::internal, "no audit epoch has begun");
+    return software_hmac(epoch_key_, data);
+  }
+
+  Hmac audit_epoch_mac_for(std::span<const std::uint8_t> nonce,
+                           std::span<const std::uint8_t> data) override {
+    std::lock_guard lock(epoch_mutex_);
+    if (verify_nonce_ != Bytes(nonce.begin(), nonce.end())) {
+      verify_key_ = epoch_key(nonce);
+      verify_nonce_.assign(nonce.begin(), nonce.end());
+    }
+    return software_hmac(verify_key_, data);
+  }
+
   // A private token data object, replaced as a whole (destroy, then create:
   // not every token lets CKA_VALUE of a data object be modified).
   void store_audit_checkpoint(std::span<const std::uint8_t> value) override {
@@ -290,6 +318,25 @@ class Pkcs11Backend final : public SecureElement {
     return found.front();
   }
 
+  SecureBuffer epoch_key(std::span<const std::uint8_t> nonce) {
+    Bytes input(kAuditEpochLabel.begin(), kAuditEpochLabel.end());
+    input.insert(input.end(), nonce.begin(), nonce.end());
+    Hmac key = audit_mac(input);
+    SecureBuffer out = SecureBuffer::copy_of(key);
+    OPENSSL_cleanse(key.data(), key.size());
+    return out;
+  }
+
+  static Hmac software_hmac(const SecureBuffer& key, std::span<const std::uint8_t> data) {
+    Hmac out{};
+    unsigned int len = 0;
+    if (!HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), data.data(), data.size(),
+              out.data(), &len)) {
+      throw Error(Failure::internal, "HMAC-SHA-256 failed");
+    }
+    return out;
+  }
+
   std::vector<CK_OBJECT_HANDLE> checkpoint_objects(CK_SESSION_HANDLE session) {
     CK_OBJECT_CLASS cls = CKO_DATA;
     std::array query{attr(CKA_CLASS, cls), attr_string(CKA_LABEL, kAuditCheckpointLabel)};
@@ -332,6 +379,10 @@ class Pkcs11Backend final : public SecureElement {
   CK_OBJECT_HANDLE kek_ = CK_INVALID_HANDLE;
   CK_OBJECT_HANDLE audit_key_ = CK_INVALID_HANDLE;
   std::mutex checkpoint_mutex_;
+  std::mutex epoch_mutex_;
+  SecureBuffer epoch_key_;  // the current audit epoch's key
+  Bytes verify_nonce_;      // the epoch whose key verify_key_ holds
+  SecureBuffer verify_key_;
   UnwrapCache cache_;  // after token_: its objects go before the sessions close
   std::unique_ptr<Libp11Keys> signer_;
   std::mutex handles_mutex_;

@@ -39,6 +39,11 @@ class AuditRecordsTest(unittest.TestCase):
         daemon.cli("key", "delete", "AE1@in.provider.com", check=True)
         records = [json.loads(line) for line in
                    daemon.cli("audit", "show", "--json", check=True).stdout.decode().splitlines()]
+        # The run's epoch record comes first: MAC'd by the token's audit key,
+        # it names the nonce of the key that MACs the records after it.
+        self.assertEqual(records[0]["op"], "audit.epoch")
+        self.assertEqual(len(records[0]["key"]), 32)
+        records = records[1:]
         # Key creation and deletion are recorded as started before they run.
         started = [(r["op"], r["key"]) for r in records if r["result"] == "started"]
         self.assertEqual(started, [("key.import", "AE1@in.provider.com"), ("key.delete", "AE1@in.provider.com")])
@@ -54,7 +59,7 @@ class AuditRecordsTest(unittest.TestCase):
             self.assertEqual(r["uid"], os.getuid())
             self.assertTrue(r["exe"].endswith("m2mvault"), r["exe"])
             self.assertEqual(len(r["tag"]), 64)
-        self.assertEqual([r["seq"] for r in records], list(range(1, len(records) + 1)))
+        self.assertEqual([r["seq"] for r in records], list(range(2, len(records) + 2)))
         with open(audit_file(daemon), "rb") as f:
             raw = f.read()
         for form in (secret.hex().encode(), b64(secret).encode(), secret):
@@ -77,6 +82,8 @@ class AuditRecordsTest(unittest.TestCase):
         records = [json.loads(line) for line in
                    daemon.cli("audit", "show", "--json", check=True).stdout.decode().splitlines()]
         self.assertEqual([r["seq"] for r in records], list(range(1, len(records) + 1)))
+        # One epoch per run; verification crosses from one to the next.
+        self.assertEqual([r["seq"] for r in records if r["op"] == "audit.epoch"], [1, 5])
         self.assertEqual(daemon.cli("audit", "verify").returncode, 0)
         daemon.stop()
         self.assertIn("m2mvault-audit-checkpoint", daemon.token_objects())
@@ -94,7 +101,7 @@ class TamperTest(unittest.TestCase):
             self.daemon.cli("key", "show", f"key-{n}")  # not_found: recorded all the same
         self.daemon.stop()
         self.lines = read_lines(self.daemon)
-        self.assertEqual(len(self.lines), 12)
+        self.assertEqual(len(self.lines), 13)  # this run's epoch record, then key-0 .. key-11
 
     def verify_after_restart(self):
         self.daemon.start()
@@ -104,14 +111,14 @@ class TamperTest(unittest.TestCase):
 
     def test_a_modified_byte_is_named(self):
         lines = list(self.lines)
-        lines[4] = lines[4].replace(b'"key-4"', b'"key-X"')
+        lines[5] = lines[5].replace(b'"key-4"', b'"key-X"')
         write_lines(self.daemon, lines)
         message = self.verify_after_restart()
-        self.assertIn("record 5", message)
+        self.assertIn("record 6", message)
         self.assertIn("modified", message)
 
     def test_a_deleted_record_is_named(self):
-        write_lines(self.daemon, self.lines[:5] + self.lines[6:])
+        write_lines(self.daemon, self.lines[:5] + self.lines[6:])  # seq 6 (key-4) goes
         message = self.verify_after_restart()
         self.assertIn("record 6", message)
         self.assertIn("deleted", message)
