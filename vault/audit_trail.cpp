@@ -241,6 +241,22 @@ void AuditTrail::record(const Entry& entry) {
   log_->append(to_record(entry));
 }
 
+void AuditTrail::record_daemon_event(std::string_view op, std::string_view key,
+                                     std::string_view result, std::string_view error) {
+  write_epoch_record();
+  policies::AuditRecord r;
+  r.uid = ::geteuid();
+  r.gid = ::getegid();
+  r.pid = ::getpid();
+  r.exe = exe_of(::getpid());
+  r.op = std::string(op);
+  r.key = std::string(key);
+  r.result = std::string(result);
+  r.error = std::string(error);
+  r.durable = true;
+  log_->append(std::move(r));
+}
+
 void AuditTrail::record_denial(const Entry& entry) {
   write_epoch_record();
   log_->note_denial(to_record(entry));

@@ -48,6 +48,11 @@ class AuditTrail final : public RequestAudit {
     log_->set_flood_limits(threshold, window);
   }
 
+  // A record of the daemon's own doing (e.g. a policy reload on SIGHUP),
+  // durable; `key` names what it concerned. Throws as record().
+  void record_daemon_event(std::string_view op, std::string_view key, std::string_view result,
+                           std::string_view error);
+
   // The newest checkpoint stored in the catalog or the token.
   std::optional<policies::AuditCheckpoint> stored_checkpoint();
 

@@ -172,14 +172,24 @@ int run(int argc, char** argv) {
     int sig = 0;
     while (sigwait(&signals, &sig) == 0) {
       if (sig == SIGHUP) {
+        // Audited as the daemon's own doing: by whom the signal came is unknown.
+        const std::string source =
+            config.policy_file.empty() ? std::string() : config.policy_file.string();
         try {
           spdlog::info("SIGHUP: policy reloaded: {}", policies.reload());
           if (audit) {
             const auto& limits = policies.current()->limits();
             audit->set_flood_limits(limits.denial_flood_threshold, limits.denial_flood_window);
+            audit->record_daemon_event("policy.reload", source, "ok", "");
           }
         } catch (const std::exception& e) {
           spdlog::error("SIGHUP: policy not reloaded, the old one stays in force: {}", e.what());
+          try {
+            if (audit)
+              audit->record_daemon_event("policy.reload", source, "error", "invalid_argument");
+          } catch (const std::exception& failure) {
+            spdlog::error("SIGHUP: reload not audited: {}", failure.what());
+          }
         }
         continue;
       }

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 import unittest
 
 from vaultlib import DAEMON, Daemon, b64
@@ -199,6 +200,53 @@ class FailClosedTest(unittest.TestCase):
         daemon.cli("status", check=True)
         self.assertEqual(daemon.cli("audit", "verify").returncode, 0)
         self.assertEqual(daemon.cli("key", "show", "while-broken").returncode, 11)
+
+
+
+
+class PolicyReloadTest(unittest.TestCase):
+    """SIGHUP and `policy reload` swap the policy whole; a broken file is
+    refused with its line and the old policy stays in force."""
+
+    def check(self, daemon, uid, op, key):
+        return daemon.cli_json("policy", "check", "--uid", str(uid), "--op", op, "--key", key)
+
+    def test_reload_by_signal_and_by_command(self):
+        root = tempfile.mkdtemp(prefix="m2mvault-it-")
+        policy = os.path.join(root, "policy.toml")
+        with open(policy, "w") as f:
+            f.write('[[rule]]\nname = "first"\nuids = [4242]\ngrants = ["sign"]\nkeys = ["a-*"]\n')
+        os.chmod(policy, 0o644)
+        daemon = Daemon(root).start(extra=("--policy", policy))
+        self.addCleanup(daemon.cleanup)
+        self.assertTrue(self.check(daemon, 4242, "sign", "a-key")["allowed"])
+        self.assertFalse(self.check(daemon, 4242, "sign", "b-key")["allowed"])
+
+        with open(policy, "w") as f:
+            f.write('[[rule]]\nname = "broken"\nuids = [4242]\ngrants = ["sing"]\n')
+        daemon.proc.send_signal(1)  # SIGHUP
+        deadline = time.time() + 10
+        while "old one stays in force" not in daemon.read_log() and time.time() < deadline:
+            time.sleep(0.05)
+        p = daemon.cli("policy", "reload")
+        self.assertEqual(p.returncode, 10, p.stderr.decode())
+        self.assertIn("policy.toml:4", p.stderr.decode())  # the line of the bad grant
+        self.assertIn("sing", p.stderr.decode())
+        self.assertTrue(self.check(daemon, 4242, "sign", "a-key")["allowed"])  # old policy stays
+        self.assertIn("old one stays in force", daemon.read_log())
+
+        with open(policy, "w") as f:
+            f.write('[[rule]]\nname = "second"\nuids = [4242]\ngrants = ["sign"]\nkeys = ["b-*"]\n')
+        daemon.cli("policy", "reload", check=True)
+        self.assertFalse(self.check(daemon, 4242, "sign", "a-key")["allowed"])
+        decision = self.check(daemon, 4242, "sign", "b-key")
+        self.assertTrue(decision["allowed"])
+        self.assertIn("second", decision["reason"])
+        reloads = [json.loads(line) for line in daemon.cli(
+            "audit", "show", "--op", "policy.reload", "--json", check=True).stdout.decode().splitlines()]
+        # The SIGHUP's failed reload (the daemon's own record), then the two commands.
+        self.assertEqual([r["result"] for r in reloads], ["error", "started", "error", "started", "ok"])
+        self.assertEqual(reloads[0]["key"], policy)
 
 
 if __name__ == "__main__":
