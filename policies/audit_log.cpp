@@ -408,6 +408,7 @@ struct AuditLog::State {
   std::string failure_why;      // failure_message without the file
   bool create_allowed = false;  // a rotation renamed audit.log but could not create the next
   bool space_warned = false;
+  SteadyClock::time_point space_ok_until{};  // no fstatvfs needed before this
   SteadyClock::time_point last_space_warning;
 
   std::map<uid_t, FloodWindow> floods;
@@ -584,6 +585,10 @@ struct AuditLog::State {
 
   void check_space() {
     if (!regular || options.free_space_reserve_bytes == 0) return;
+    // At most every 20 ms, while above twice the reserve: between two
+    // looks, far fewer records than the reserve holds can be written.
+    const auto checked_now = SteadyClock::now();
+    if (space_ok_until > checked_now) return;
     struct statvfs vfs {};
     if (::fstatvfs(file->fd, &vfs) != 0) fail(Failure::io, "fstatvfs failed: " + errno_text(errno));
     std::uint64_t available = static_cast<std::uint64_t>(vfs.f_bavail) * vfs.f_frsize;
@@ -593,6 +598,8 @@ struct AuditLog::State {
                                " bytes free on its volume, below the reserve of " +
                                std::to_string(reserve));
     }
+    space_ok_until = available / 2 >= reserve ? checked_now + std::chrono::milliseconds(20)
+                                              : SteadyClock::time_point{};
     if (available / 2 < reserve) {
       auto now = SteadyClock::now();
       if (!space_warned || now - last_space_warning >= kSpaceWarningInterval) {
