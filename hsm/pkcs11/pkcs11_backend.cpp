@@ -2,8 +2,11 @@
 // the PKCS#11 API, signing keys through libp11.
 #include "hsm/pkcs11/pkcs11_backend.h"
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 
 #include <cstring>
@@ -224,15 +227,25 @@ class Pkcs11Backend final : public SecureElement {
     if (RAND_bytes(nonce.data(), static_cast<int>(nonce.size())) != 1)
       throw Error(Failure::internal, "RAND_bytes failed");
     SecureBuffer key = epoch_key(nonce);
+    MacCtxPtr ctx = keyed_hmac(key);
     std::lock_guard lock(epoch_mutex_);
     epoch_key_ = std::move(key);
+    epoch_ctx_ = std::move(ctx);
     return nonce;
   }
 
   Hmac audit_epoch_mac(std::span<const std::uint8_t> data) override {
     std::lock_guard lock(epoch_mutex_);
-    if (epoch_key_.empty()) throw Error(Failure::internal, "no audit epoch has begun");
-    return software_hmac(epoch_key_, data);
+    if (!epoch_ctx_) throw Error(Failure::internal, "no audit epoch has begun");
+    // A copy of the keyed context: no digest fetch or key setup per record.
+    MacCtxPtr ctx(EVP_MAC_CTX_dup(epoch_ctx_.get()));
+    Hmac out{};
+    std::size_t len = 0;
+    if (!ctx || EVP_MAC_update(ctx.get(), data.data(), data.size()) != 1 ||
+        EVP_MAC_final(ctx.get(), out.data(), &len, out.size()) != 1 || len != out.size()) {
+      throw Error(Failure::internal, "HMAC-SHA-256 failed");
+    }
+    return out;
   }
 
   Hmac audit_epoch_mac_for(std::span<const std::uint8_t> nonce,
@@ -327,6 +340,23 @@ class Pkcs11Backend final : public SecureElement {
     return out;
   }
 
+  struct MacCtxFree {
+    void operator()(EVP_MAC_CTX* c) const noexcept { EVP_MAC_CTX_free(c); }
+  };
+  using MacCtxPtr = std::unique_ptr<EVP_MAC_CTX, MacCtxFree>;
+
+  // An HMAC-SHA-256 context keyed with `key` (OpenSSL wipes its copy on free).
+  static MacCtxPtr keyed_hmac(const SecureBuffer& key) {
+    static EVP_MAC* hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+    char digest[] = "SHA256";
+    const OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0),
+                                 OSSL_PARAM_construct_end()};
+    MacCtxPtr ctx(hmac ? EVP_MAC_CTX_new(hmac) : nullptr);
+    if (!ctx || EVP_MAC_init(ctx.get(), key.data(), key.size(), params) != 1)
+      throw Error(Failure::internal, "cannot key HMAC-SHA-256");
+    return ctx;
+  }
+
   static Hmac software_hmac(const SecureBuffer& key, std::span<const std::uint8_t> data) {
     Hmac out{};
     unsigned int len = 0;
@@ -381,6 +411,7 @@ class Pkcs11Backend final : public SecureElement {
   std::mutex checkpoint_mutex_;
   std::mutex epoch_mutex_;
   SecureBuffer epoch_key_;  // the current audit epoch's key
+  MacCtxPtr epoch_ctx_;     // HMAC keyed with it
   Bytes verify_nonce_;      // the epoch whose key verify_key_ holds
   SecureBuffer verify_key_;
   UnwrapCache cache_;  // after token_: its objects go before the sessions close
