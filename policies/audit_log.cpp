@@ -942,11 +942,6 @@ void AuditLog::set_flood_limits(std::size_t threshold, std::chrono::seconds wind
   state_->options.flood_window = window;
 }
 
-void AuditLog::check_writable() {
-  std::lock_guard lock(state_->mu);
-  state_->ensure_writable();
-}
-
 AuditCheckpoint AuditLog::last() const {
   std::lock_guard lock(state_->mu);
   return {state_->last_seq, state_->last_tag};

@@ -130,11 +130,6 @@ class AuditLog {
   // Replaces the denial-coalescing limits (a reloaded policy's [limits]).
   void set_flood_limits(std::size_t threshold, std::chrono::seconds window);
 
-  // Runs append()'s checks without writing (file still in place and
-  // unchanged, free space above the reserve; a restored file is taken up),
-  // so a request can be refused before it does any work. Throws as append().
-  void check_writable();
-
   // The last record written: seq 0 and a zero tag for a new log.
   AuditCheckpoint last() const;
 

@@ -216,11 +216,6 @@ void AuditTrail::write_epoch_record() {
   epoch_written_ = true;
 }
 
-void AuditTrail::check_writable() {
-  log_->check_writable();
-  write_epoch_record();
-}
-
 policies::AuditRecord AuditTrail::to_record(const Entry& e) const {
   policies::AuditRecord r;
   r.uid = e.principal->uid;

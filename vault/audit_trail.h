@@ -40,7 +40,6 @@ class AuditTrail final : public RequestAudit {
   // Syncs and stores the final checkpoint.
   ~AuditTrail() override;
 
-  void check_writable() override;
   void record(const Entry& entry) override;
   void record_denial(const Entry& entry) override;
   nlohmann::json query(std::string_view op, const nlohmann::json& params) override;

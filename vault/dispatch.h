@@ -35,8 +35,6 @@ class RequestAudit {
     bool durable = false;     // key creation/deletion, policy change: synced before the response
   };
   virtual ~RequestAudit() = default;
-  // Throws when the log is known not to be writable (before any work).
-  virtual void check_writable() = 0;
   virtual void record(const Entry& entry) = 0;
   // A denial: may be coalesced with others of the same principal in a flood.
   virtual void record_denial(const Entry& entry) = 0;
