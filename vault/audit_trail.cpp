@@ -97,9 +97,11 @@ AuditTrail::AuditTrail(const Config& config, const std::filesystem::path& state_
   options.file = file_;
   options.rotate_bytes = config.audit.rotate_bytes;
   options.sync_interval = config.audit.sync_interval;
-  options.checkpoint_every = config.audit.checkpoint_every;
+  // The log's own checkpointing runs under its lock; this trail posts
+  // checkpoints to a thread instead (checkpoint_loop()).
+  options.checkpoint_every = 0;
+  checkpoint_every_ = config.audit.checkpoint_every;
   options.free_space_reserve_bytes = config.audit.free_space_reserve_bytes;
-  options.on_checkpoint = [this](const policies::AuditCheckpoint& c) { store_checkpoint(c); };
   // Until this run's epoch begins, the log's last record is checked with the
   // key of the epoch that wrote it.
   try {
@@ -130,6 +132,7 @@ AuditTrail::AuditTrail(const Config& config, const std::filesystem::path& state_
     // the log takes records (and this epoch record first).
     spdlog::error("audit log: cannot record this run's epoch: {}", e.what());
   }
+  checkpointer_ = std::thread([this] { checkpoint_loop(); });
   const auto last = log_->last();
   if (auto stored = stored_checkpoint(); stored && stored->seq > last.seq) {
     spdlog::error(
@@ -140,6 +143,12 @@ AuditTrail::AuditTrail(const Config& config, const std::filesystem::path& state_
 }
 
 AuditTrail::~AuditTrail() {
+  {
+    std::lock_guard lock(checkpoint_mutex_);
+    stopping_ = true;
+  }
+  checkpoint_cv_.notify_all();
+  if (checkpointer_.joinable()) checkpointer_.join();
   try {
     log_->sync();
     const auto last = log_->last();
@@ -233,7 +242,35 @@ policies::AuditRecord AuditTrail::to_record(const Entry& e) const {
 
 void AuditTrail::record(const Entry& entry) {
   write_epoch_record();
-  log_->append(to_record(entry));
+  const auto written = log_->append(to_record(entry));
+  if (checkpoint_every_ && written.seq % checkpoint_every_ == 0) post_checkpoint(written);
+}
+
+void AuditTrail::post_checkpoint(const policies::AuditCheckpoint& checkpoint) {
+  {
+    std::lock_guard lock(checkpoint_mutex_);
+    if (!pending_checkpoint_ || pending_checkpoint_->seq < checkpoint.seq)
+      pending_checkpoint_ = checkpoint;
+  }
+  checkpoint_cv_.notify_one();
+}
+
+void AuditTrail::checkpoint_loop() {
+  std::unique_lock lock(checkpoint_mutex_);
+  while (true) {
+    checkpoint_cv_.wait(lock, [this] { return stopping_ || pending_checkpoint_; });
+    if (stopping_) return;  // the destructor stores the final one
+    const auto checkpoint = *pending_checkpoint_;
+    pending_checkpoint_.reset();
+    lock.unlock();
+    try {
+      log_->sync();  // a checkpoint names only a record on disk
+      store_checkpoint(checkpoint);
+    } catch (const std::exception& e) {
+      spdlog::error("audit log: checkpoint {} not stored: {}", checkpoint.seq, e.what());
+    }
+    lock.lock();
+  }
 }
 
 void AuditTrail::record_daemon_event(std::string_view op, std::string_view key,

@@ -3,10 +3,12 @@
 // dispatcher's RequestAudit interface (docs/THREAT-MODEL.md).
 #pragma once
 
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "hsm/secure_element.h"
@@ -72,6 +74,17 @@ class AuditTrail final : public RequestAudit {
   std::string epoch_nonce_;
   bool epoch_written_ = false;
   std::unique_ptr<policies::AuditLog> log_;
+
+  // Checkpoints are stored by a thread of their own: an fdatasync, a
+  // catalog commit and a token write must not hold up the log's appends.
+  void post_checkpoint(const policies::AuditCheckpoint& checkpoint);
+  void checkpoint_loop();
+  std::uint64_t checkpoint_every_ = 0;
+  std::mutex checkpoint_mutex_;
+  std::condition_variable checkpoint_cv_;
+  std::optional<policies::AuditCheckpoint> pending_checkpoint_;
+  bool stopping_ = false;
+  std::thread checkpointer_;
 };
 
 }  // namespace m2mvault::vault
