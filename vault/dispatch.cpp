@@ -193,11 +193,11 @@ struct Dispatcher::Context {
 namespace {
 
 // Operations whose success changes what keys exist or how they are
-// governed: their audit record is on disk before the response.
+// governed: their audit record is on disk before the response. (A handshake
+// step is, when it completes and stores a key: see handle().)
 bool is_durable(policies::Grant grant, std::string_view op) {
   return grant == policies::Grant::key_create || grant == policies::Grant::key_delete ||
-         grant == policies::Grant::derive || op == "policy.reload" || op == "handshake.step" ||
-         op == "handshake.start";
+         grant == policies::Grant::derive || op == "policy.reload";
 }
 
 policies::KeyFacts facts_of(const KeyRecord& r) {
@@ -308,7 +308,8 @@ json Dispatcher::handle(const api::Principal& principal, const api::Request& req
     }
   };
   entry.durable = is_durable(*grant, request.op);
-  if (audited && entry.durable) {
+  const bool handshake = request.op == "handshake.start" || request.op == "handshake.step";
+  if (audited && (entry.durable || handshake)) {
     // A request that changes keys or the policy is first recorded as
     // started: if the log cannot take a record, nothing has happened yet.
     // (Any other request leaves nothing behind when its record then fails:
@@ -333,6 +334,8 @@ json Dispatcher::handle(const api::Principal& principal, const api::Request& req
     }
     if (audited) {
       entry.key_id = key_id;
+      // The step that completes a handshake has stored a key.
+      if (handshake && result.is_object() && result.value("done", false)) entry.durable = true;
       write_audit(entry);
     }
     return result;
