@@ -134,7 +134,7 @@ AuditTrail::AuditTrail(const Config& config, const std::filesystem::path& state_
   }
   checkpointer_ = std::thread([this] { checkpoint_loop(); });
   const auto last = log_->last();
-  if (auto stored = stored_checkpoint(); stored && stored->seq > last.seq) {
+  if (auto stored = stored_audit_checkpoint(catalog_, se_); stored && stored->seq > last.seq) {
     spdlog::error(
         "audit log {} ends at record {} but its checkpoint says {}: the log was cut; 'm2mvault "
         "audit verify' reports it",
@@ -165,10 +165,6 @@ std::filesystem::path AuditTrail::path() const {
 void AuditTrail::store_checkpoint(const policies::AuditCheckpoint& c) {
   catalog_.set_audit_checkpoint(c.seq, std::vector<std::uint8_t>(c.tag.begin(), c.tag.end()));
   in_token([&] { se_.store_audit_checkpoint(encode_checkpoint(c)); });
-}
-
-std::optional<policies::AuditCheckpoint> AuditTrail::stored_checkpoint() {
-  return stored_audit_checkpoint(catalog_, se_);
 }
 
 std::optional<policies::AuditCheckpoint> stored_audit_checkpoint(Catalog& catalog,

@@ -54,9 +54,6 @@ class AuditTrail final : public RequestAudit {
   void record_daemon_event(std::string_view op, std::string_view key, std::string_view result,
                            std::string_view error);
 
-  // The newest checkpoint stored in the catalog or the token.
-  std::optional<policies::AuditCheckpoint> stored_checkpoint();
-
  private:
   policies::AuditRecord to_record(const Entry& entry) const;
   void store_checkpoint(const policies::AuditCheckpoint& checkpoint);

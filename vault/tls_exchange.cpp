@@ -101,7 +101,6 @@ struct TlsExchange::State {
   BIO* network_in = nullptr;   // owned by ssl
   BIO* network_out = nullptr;  // owned by ssl
   std::string failure;         // why a callback refused, for the error message
-  std::vector<std::string> peer_names;
   std::optional<std::int64_t> peer_not_after;
   bool peer_verified = false;  // check_peer() accepted the peer's certificate
   bool done = false;
@@ -236,7 +235,6 @@ struct TlsExchange::State {
       X509_STORE_CTX_set_error(store_ctx, err);
       return false;
     }
-    peer_names = names_compared(names);
     struct tm tm {};
     if (ASN1_TIME_to_tm(X509_get0_notAfter(leaf), &tm) == 1) peer_not_after = timegm(&tm);
     return true;
@@ -260,9 +258,7 @@ TlsExchange::TlsExchange(hsm::SecureElement& se, TlsExchangeSettings settings)
   SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-  const std::string suites = !s.cipher_suites.empty()
-                                 ? s.cipher_suites
-                                 : (s.psk ? kPskCipherSuites : kCertificateCipherSuites);
+  const std::string& suites = s.cipher_suites;
   // No TLS 1.3 suites in the list (TLS 1.3 is off), so every entry is checked.
   if (SSL_CTX_set_ciphersuites(ctx, "") != 1 || SSL_CTX_set_cipher_list(ctx, suites.c_str()) != 1) {
     ERR_clear_error();
@@ -358,7 +354,6 @@ TlsExchange::Step TlsExchange::process(std::span<const std::uint8_t> input) {
     const int err = SSL_get_error(st.ssl.get(), rc);
     if (err != SSL_ERROR_WANT_READ) {
       st.failed = true;
-      failure_output_ = drain(st.network_out);
       std::string why = !st.failure.empty() ? st.failure : openssl_errors("");
       if (why.empty()) why = "the peer closed the connection";
       ERR_clear_error();
@@ -382,17 +377,8 @@ std::string TlsExchange::cipher() const {
   return name ? name : "";
 }
 
-std::vector<std::string> TlsExchange::peer_names() const {
-  return state_->peer_names;
-}
-
 std::optional<std::int64_t> TlsExchange::peer_not_after() const {
   return state_->peer_not_after;
-}
-
-std::array<std::uint8_t, 32> certificate_key_hash(const std::string& pem) {
-  auto certs = read_certificates(pem, "the certificate");
-  return key_hash(spki_of(certs.front().get()));
 }
 
 }  // namespace m2mvault::vault

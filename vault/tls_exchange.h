@@ -19,10 +19,6 @@
 
 namespace m2mvault::vault {
 
-// TS-0003 10.2.2 / 10.2.3, as OpenSSL names them.
-inline constexpr const char* kPskCipherSuites = "PSK-AES128-CBC-SHA256";
-inline constexpr const char* kCertificateCipherSuites = "ECDHE-ECDSA-AES128-SHA256";
-
 // Who the peer must be (TS-0003 8.1.1.2.2): the configured Certificate Name
 // must equal a name in the peer's certificate (a subjectAltName DNS or URI
 // entry, or a Subject common name), and the chain must verify up to a
@@ -48,9 +44,9 @@ struct CertificateCredential {
 };
 
 struct TlsExchangeSettings {
-  bool server = false;      // ESCertKE Terminating End-Point; otherwise the client
-  std::string server_name;  // SNI (clients), when it is a valid FQDN
-  std::string cipher_suites;
+  bool server = false;        // ESCertKE Terminating End-Point; otherwise the client
+  std::string server_name;    // SNI (clients), when it is a valid FQDN
+  std::string cipher_suites;  // OpenSSL cipher list; [handshake] in the config has the defaults
   std::optional<PskCredential> psk;                  // exactly one of psk ...
   std::optional<CertificateCredential> certificate;  // ... and certificate
   // RFC 7627 5.4: key export without the extended master secret is unsafe.
@@ -74,19 +70,14 @@ class TlsExchange {
   // Feeds the peer's bytes (empty to start a client) and runs the handshake
   // as far as they allow. Throws Error(handshake_failed) with the reason —
   // the peer's alert, a failed Certificate Name or Root of Trust check, an
-  // invalid chain — after which the exchange is unusable. The alert libssl
-  // would send is available from failure_output().
+  // invalid chain — after which the exchange is unusable.
   Step process(std::span<const std::uint8_t> input);
-
-  const std::vector<std::uint8_t>& failure_output() const { return failure_output_; }
 
   // After done: the 48 bytes of RFC 5705 keying material for `label`.
   hsm::ExportedKey export_key(std::string_view label);
 
-  // After done: the negotiated suite and the peer certificate's names that
-  // were compared with the Certificate Name.
+  // After done: the negotiated suite.
   std::string cipher() const;
-  std::vector<std::string> peer_names() const;
   // The peer certificate's notAfter (certificate variant).
   std::optional<std::int64_t> peer_not_after() const;
 
@@ -94,12 +85,6 @@ class TlsExchange {
 
  private:
   std::unique_ptr<State> state_;
-  std::vector<std::uint8_t> failure_output_;
 };
-
-// SHA-256 over the DER SubjectPublicKeyInfo of the first certificate in
-// `pem` (the Root of Trust form of TS-0003 8.1.1.2.2). Throws
-// Error(invalid_argument) when `pem` holds no certificate.
-std::array<std::uint8_t, 32> certificate_key_hash(const std::string& pem);
 
 }  // namespace m2mvault::vault

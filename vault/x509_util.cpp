@@ -59,13 +59,6 @@ std::array<std::uint8_t, 32> key_hash(std::span<const std::uint8_t> spki) {
   return out;
 }
 
-std::vector<std::string> CertificateNames::all() const {
-  std::vector<std::string> out = dns;
-  out.insert(out.end(), uri.begin(), uri.end());
-  out.insert(out.end(), common_names.begin(), common_names.end());
-  return out;
-}
-
 CertificateNames names_of(X509* cert) {
   CertificateNames names;
   auto* sans =

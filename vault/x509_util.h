@@ -52,7 +52,6 @@ struct CertificateNames {
   std::vector<std::string> dns;
   std::vector<std::string> uri;
   std::vector<std::string> common_names;
-  std::vector<std::string> all() const;
 };
 CertificateNames names_of(X509* cert);
 
