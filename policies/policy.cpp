@@ -84,6 +84,15 @@ std::optional<PolicyGrant> as_policy_grant(Grant grant) {
   return parse_grant(to_string(grant));
 }
 
+std::optional<Grant> grant_named(std::string_view name) {
+  for (auto g :
+       {Grant::key_read, Grant::key_create, Grant::key_delete, Grant::sign, Grant::psk_release,
+        Grant::derive, Grant::handshake, Grant::audit_read, Grant::policy_admin}) {
+    if (to_string(g) == name) return g;
+  }
+  return std::nullopt;
+}
+
 PolicyStore::PolicyStore(std::optional<std::filesystem::path> file, uid_t daemon_uid)
     : file_(std::move(file)), daemon_uid_(daemon_uid), current_(load()) {}
 

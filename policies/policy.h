@@ -43,6 +43,10 @@ std::vector<std::string_view> known_operations();
 // The grant as a policy file names it; nullopt for Grant::none.
 std::optional<PolicyGrant> as_policy_grant(Grant grant);
 
+// The grant a policy file spells `name` ("psk.release", ...); nullopt for
+// anything else, including the "none" of operations that need no grant.
+std::optional<Grant> grant_named(std::string_view name);
+
 // The policy in force: loaded from a file (or the administrators-only
 // default), replaced as a whole by reload(). Thread-safe.
 class PolicyStore {

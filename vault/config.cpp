@@ -59,6 +59,17 @@ void read(const std::filesystem::path& file, const toml::table& table, std::stri
   }
 }
 
+// The table `name` of `root` with only `allowed` keys, or nullptr when absent.
+const toml::table* section(const std::filesystem::path& file, const toml::table& root,
+                           std::string_view name, const std::set<std::string_view>& allowed) {
+  const toml::node* node = root.get(name);
+  if (!node) return nullptr;
+  const toml::table* table = node->as_table();
+  if (!table) bad(file, *node, fmt::format("'{}' must be a table", name));
+  check_keys(file, *table, allowed, fmt::format("{}.", name));
+  return table;
+}
+
 }  // namespace
 
 Config load_config(const std::optional<std::filesystem::path>& file) {
@@ -88,13 +99,10 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
   read(*file, root, "frame_timeout_ms", config.frame_timeout);
   read(*file, root, "idle_timeout_ms", config.idle_timeout);
   read(*file, root, "policy_file", config.policy_file);
-  if (const toml::node* node = root.get("audit")) {
-    const toml::table* a = node->as_table();
-    if (!a) bad(*file, *node, "'audit' must be a table");
-    check_keys(*file, *a,
-               {"enabled", "directory", "file", "sync_interval_ms", "checkpoint_every",
-                "rotate_bytes", "free_space_reserve_bytes"},
-               "audit.");
+  if (const toml::table* a =
+          section(*file, root, "audit",
+                  {"enabled", "directory", "file", "sync_interval_ms", "checkpoint_every",
+                   "rotate_bytes", "free_space_reserve_bytes"})) {
     read(*file, *a, "enabled", config.audit.enabled);
     read(*file, *a, "directory", config.audit.directory);
     read(*file, *a, "file", config.audit.file);
@@ -107,27 +115,22 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
     bad(*file, *root.get("backend"),
         fmt::format("backend '{}' is not available (supported: pkcs11)", config.backend));
   }
-  if (const toml::node* node = root.get("pkcs11")) {
-    const toml::table* p = node->as_table();
-    if (!p) bad(*file, *node, "'pkcs11' must be a table");
-    check_keys(*file, *p, {"module", "token_label", "pin_file", "sessions", "unwrap_cache"},
-               "pkcs11.");
+  if (const toml::table* p =
+          section(*file, root, "pkcs11",
+                  {"module", "token_label", "pin_file", "sessions", "unwrap_cache"})) {
     read(*file, *p, "module", config.pkcs11.module);
     read(*file, *p, "token_label", config.pkcs11.token_label);
     read(*file, *p, "pin_file", config.pkcs11.pin_file);
     read(*file, *p, "sessions", config.pkcs11.sessions);
     read(*file, *p, "unwrap_cache", config.pkcs11.unwrap_cache);
     if (!config.pkcs11.module.empty() && config.pkcs11.pin_file.empty()) {
-      bad(*file, *node, "an external PKCS#11 module needs 'pin_file'");
+      bad(*file, *root.get("pkcs11"), "an external PKCS#11 module needs 'pin_file'");
     }
   }
-  if (const toml::node* node = root.get("handshake")) {
-    const toml::table* h = node->as_table();
-    if (!h) bad(*file, *node, "'handshake' must be a table");
-    check_keys(*file, *h,
-               {"timeout_s", "per_principal", "ke_lifetime_s", "kc_lifetime_s", "e2e_lifetime_s",
-                "psk_ciphers", "certificate_ciphers", "require_extended_master_secret"},
-               "handshake.");
+  if (const toml::table* h =
+          section(*file, root, "handshake",
+                  {"timeout_s", "per_principal", "ke_lifetime_s", "kc_lifetime_s", "e2e_lifetime_s",
+                   "psk_ciphers", "certificate_ciphers", "require_extended_master_secret"})) {
     read(*file, *h, "timeout_s", config.handshake.timeout);
     read(*file, *h, "per_principal", config.handshake.per_principal);
     read(*file, *h, "ke_lifetime_s", config.handshake.ke_lifetime);

@@ -578,14 +578,7 @@ json Dispatcher::policy_check(const json& p) const {
   const std::string op = required_string(p, "op");
   // A wire operation, or a grant by its policy-file name (psk.release, ...).
   auto grant = policies::grant_for_operation(op);
-  if (!grant) {
-    for (auto g :
-         {policies::Grant::key_read, policies::Grant::key_create, policies::Grant::key_delete,
-          policies::Grant::sign, policies::Grant::psk_release, policies::Grant::derive,
-          policies::Grant::handshake, policies::Grant::audit_read, policies::Grant::policy_admin}) {
-      if (policies::to_string(g) == op) grant = g;
-    }
-  }
+  if (!grant) grant = policies::grant_named(op);
   if (!grant) {
     throw Error(ErrorCode::invalid_argument,
                 fmt::format("'{}' is neither an operation nor a grant", op));

@@ -17,6 +17,7 @@
 
 #include "hsm/pkcs11/ck_util.h"
 #include "hsm/pkcs11/libp11_keys.h"
+#include "hsm/pkcs11/openssl_ptr.h"
 #include "hsm/pkcs11/public_key.h"
 #include "hsm/pkcs11/token.h"
 #include "hsm/pkcs11/token_objects.h"
@@ -340,10 +341,7 @@ class Pkcs11Backend final : public SecureElement {
     return out;
   }
 
-  struct MacCtxFree {
-    void operator()(EVP_MAC_CTX* c) const noexcept { EVP_MAC_CTX_free(c); }
-  };
-  using MacCtxPtr = std::unique_ptr<EVP_MAC_CTX, MacCtxFree>;
+  using MacCtxPtr = std::unique_ptr<EVP_MAC_CTX, OpenSslDeleter<EVP_MAC_CTX_free>>;
 
   // An HMAC-SHA-256 context keyed with `key` (OpenSSL wipes its copy on free).
   static MacCtxPtr keyed_hmac(const SecureBuffer& key) {

@@ -19,6 +19,14 @@ TEST(OperationTable, EveryGrantButNoneIsAPolicyFileGrant) {
     EXPECT_EQ(as_policy_grant(grant).has_value(), grant != Grant::none) << op;
   }
   EXPECT_EQ(as_policy_grant(Grant::audit_read), PolicyGrant::audit_read);
+  for (auto op : known_operations()) {
+    const Grant grant = *grant_for_operation(op);
+    if (grant != Grant::none) {
+      EXPECT_EQ(grant_named(to_string(grant)), grant) << op;
+    }
+  }
+  EXPECT_FALSE(grant_named("none"));
+  EXPECT_FALSE(grant_named("key.raed"));
 }
 
 TEST(PolicyStore, WithoutAFileOnlyTheDaemonUidAndRootAdminister) {
