@@ -20,6 +20,7 @@
 #include "api/client.h"
 #include "api/encoding.h"
 #include "api/error.h"
+#include "tools/psk_table.h"
 #include "tools/tls_relay.h"
 
 namespace {
@@ -69,9 +70,10 @@ std::string text_or_dash(const json& j, const char* field) {
 }
 
 void print_key_human(const json& key) {
-  static const char* kFields[] = {"name",    "kind",    "id",          "entity",      "created",
-                                  "expires", "storage", "length",      "check_value", "algorithm",
-                                  "parent",  "peer",    "token_label", "object_id"};
+  static const char* kFields[] = {"name",        "kind",      "id",       "entity",
+                                  "created",     "expires",   "storage",  "length",
+                                  "check_value", "algorithm", "parent",   "peer",
+                                  "token_label", "object_id", "max_uses", "uses"};
   for (const char* field : kFields) {
     if (key.contains(field))
       fmt::print("{:<12} {}\n", std::string(field) + ":", text_or_dash(key, field));
@@ -159,6 +161,7 @@ struct Cli {
   // derive
   std::string ke, subject;
   int suid = -1;
+  std::int64_t max_uses = 0;  // 0: no usage limit
 
   void add_status(CLI::App& app);
   void add_key_import(CLI::App& key);
@@ -167,6 +170,13 @@ struct Cli {
   void add_key_queries(CLI::App& key);
   void add_key_set_id(CLI::App& key);
   void add_derive(CLI::App& app);
+  void add_key_psk(CLI::App& key);
+  void add_psk_table(CLI::App& app);
+  void import_psk_rows(m2mvault::tools::PskTable& table);
+  void add_max_uses(CLI::App* cmd);
+  void put_max_uses(json& params) const {
+    if (max_uses > 0) params["max_uses"] = max_uses;
+  }
 
   // enrol / maf-handshake / escertke / cert
   std::string peer_address, fqdn, psk_key, signing_key, peer_name, root_of_trust, ca_file;
@@ -620,6 +630,7 @@ void Cli::add_key_import(CLI::App& key) {
   cmd->add_option("--name", name, "Key name (default: the identifier)");
   cmd->add_option("--entity", entity, "Bound AE-ID or CSE-ID, e.g. Clock-AE1");
   cmd->add_option("--expires", expires, "Expiry, RFC 3339 (e.g. 2027-01-01T00:00:00Z)");
+  add_max_uses(cmd);
   auto* hex_opt = cmd->add_option("--hex", hex, "Key value as hex");
   auto* in_opt = cmd->add_option("--in", in_file, "File holding the raw key bytes ('-': stdin)");
   hex_opt->excludes(in_opt);
@@ -644,6 +655,7 @@ void Cli::add_key_import(CLI::App& key) {
       if (!name.empty()) params["name"] = name;
       if (!entity.empty()) params["entity"] = entity;
       if (!expires.empty()) params["expires"] = expires;
+      put_max_uses(params);
       std::string encoded = m2mvault::encoding::base64_encode(value);
       wipe(value);
       params["value"] = std::move(encoded);
@@ -669,12 +681,14 @@ void Cli::add_key_generate(CLI::App& key) {
       ->check(CLI::IsMember({"ec-p256", "rsa-2048"}));
   cmd->add_option("--entity", entity, "CSE-ID or AE-ID the key belongs to");
   cmd->add_option("--expires", expires, "Expiry, RFC 3339");
+  add_max_uses(cmd);
   cmd->add_flag("--json", o.json_output, "Print JSON");
   cmd->callback([this] {
     action = [this] {
       json params = {{"kind", "signing"}, {"name", name}, {"alg", alg}};
       if (!entity.empty()) params["entity"] = entity;
       if (!expires.empty()) params["expires"] = expires;
+      put_max_uses(params);
       emit_key(o, connect(o).call("key.generate", params));
     };
   });
@@ -799,6 +813,7 @@ void Cli::add_derive(CLI::App& app) {
     cmd->add_option("--ke", ke, "The Enrolment Key: its name or KeId")->required();
     cmd->add_option("--name", name, "Name of the new key (default: its identifier)");
     cmd->add_option("--expires", expires, "Expiry, RFC 3339 (never later than the Ke's)");
+    add_max_uses(cmd);
     cmd->add_flag("--json", o.json_output, "Print the new key as JSON");
     cmd->callback([this, derivation, subject_param] {
       action = [this, derivation, subject_param] {
@@ -808,6 +823,7 @@ void Cli::add_derive(CLI::App& app) {
         if (!name.empty()) params["name"] = name;
         if (!entity.empty()) params["entity"] = entity;
         if (!expires.empty()) params["expires"] = expires;
+        put_max_uses(params);
         json k = connect(o).call("key.derive", params);
         if (o.json_output) {
           fmt::print("{}\n", k.dump(2));
@@ -866,6 +882,181 @@ void Cli::add_derive(CLI::App& app) {
   usage->add_option("--id", id, "Identifier (default: usage-<SUID>-<check value>@<target>)");
 }
 
+void Cli::add_max_uses(CLI::App* cmd) {
+  cmd->add_option("--max-uses", max_uses,
+                  "Usage limit: the key is refused (expired) after this many signatures, PSK "
+                  "releases, derivations or handshakes")
+      ->check(CLI::PositiveNumber);
+}
+
+void Cli::add_key_psk(CLI::App& key) {
+  auto* cmd = key.add_subcommand(
+      "psk",
+      "Print a TLS PSK (Kpsa or Kc) as hex, for a TLS stack or test that must hold it. Needs the "
+      "psk.release grant; every release is audited. Handle the output as the secret it is.");
+  cmd->add_option("key", key_ref, "The KpsaID or KcID (or the key's name)")->required();
+  cmd->add_flag("--json", o.json_output, "Print name, kind, id, entity and psk as JSON");
+  cmd->callback([this] {
+    action = [this] {
+      json released = connect(o).call("psk.release", {{"key", key_ref}});
+      std::string& value = released.at("value").get_ref<std::string&>();
+      auto bytes = m2mvault::encoding::base64_decode(value);
+      wipe(value);
+      if (!bytes) throw Error(ErrorCode::internal, "unexpected response from the daemon");
+      std::string psk_hex = m2mvault::encoding::hex_encode(*bytes);
+      wipe(*bytes);
+      if (o.json_output) {
+        released.erase("value");
+        released["psk"] = psk_hex;
+        std::string text = released.dump(2);
+        fmt::print("{}\n", text);
+        wipe(released["psk"].get_ref<std::string&>());
+        wipe(text);
+      } else {
+        fmt::print("{}\n", psk_hex);
+      }
+      wipe(psk_hex);
+    };
+  });
+}
+
+void Cli::add_psk_table(CLI::App& app) {
+  auto* table = app.add_subcommand(
+      "psk-table", "The psk-look-up-table of TR-0038 7.1.2 (AE-ID/CSE-ID, KpsaID, Kpsa) as a file");
+  table->require_subcommand(1);
+  auto* import = table->add_subcommand(
+      "import",
+      "Import every row of a table, or none: CSV with a header (entity,id,psk; optional name, "
+      "expires, kind, max_uses) or TOML [[psk]] tables (a .toml file). Every bad row is reported "
+      "with its line.");
+  import->add_option("file", in_file, "The table ('-': CSV on stdin)")->required();
+  import->add_flag("--json", o.json_output, "Print the outcome as JSON");
+  import->callback([this] {
+    action = [this] {
+      std::string text;
+  if (in_file == "-") {
+    text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  } else {
+    text = read_text_file(in_file, "table");
+  }
+  auto parsed = m2mvault::tools::parse_psk_table(
+      text, m2mvault::tools::format_of(in_file == "-" ? "stdin.csv" : in_file));
+  wipe(text);
+  import_psk_rows(parsed);
+};
+});
+auto* export_cmd = table->add_subcommand(
+    "export", "Write the table without key values: entity,id,kind,name,check_value,expires (CSV)");
+export_cmd->add_option("--kind", kind, "kpsa (default) or kc")
+    ->check(CLI::IsMember({"kpsa", "kc"}));
+export_cmd->callback([this] {
+  action = [this] {
+    json params = {{"kind", kind.empty() ? "kpsa" : kind}};
+    auto client = connect(o);
+    auto field = [](const json& k, const char* f) {
+      std::string v = k.contains(f) && k[f].is_string() ? k[f].get<std::string>() : "";
+      if (v.find_first_of(",\"\n") == std::string::npos) return v;
+      std::string quoted = "\"";
+      for (char c : v) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+      return quoted + "\"";
+    };
+    fmt::print("entity,id,kind,name,check_value,expires\n");
+    while (true) {
+      json page = client.call("key.list", params);
+      for (const auto& k : page.at("keys")) {
+        fmt::print("{},{},{},{},{},{}\n", field(k, "entity"), field(k, "id"), field(k, "kind"),
+                   field(k, "name"), field(k, "check_value"), field(k, "expires"));
+      }
+      if (!page.contains("next") || page["next"].is_null()) break;
+      params["after"] = page["next"];
+    }
+  };
+});
+}
+
+void Cli::import_psk_rows(m2mvault::tools::PskTable& table) {
+  // Rows go in chunks well below the frame limit; the daemon stages them
+  // and commits all at the end, so an interrupted import leaves nothing.
+  constexpr std::size_t kChunk = 500;
+  const std::size_t total = table.rows.size() + table.problems.size();
+  const bool progress = !o.json_output && total > kChunk && ::isatty(2);
+  auto client = connect(o);
+  std::string batch;
+  auto abort_batch = [&] {
+    if (batch.empty()) return;
+    try {
+      client.call("key.import_batch", {{"batch", batch}, {"abort", true}});
+    } catch (...) {
+      // The daemon drops an idle batch by itself.
+    }
+  };
+  std::vector<m2mvault::tools::RowProblem> problems = std::move(table.problems);
+  try {
+    for (std::size_t start = 0; start < table.rows.size(); start += kChunk) {
+      const std::size_t end = std::min(table.rows.size(), start + kChunk);
+      json rows = json::array();
+      for (std::size_t i = start; i < end; ++i) {
+        const auto& r = table.rows[i];
+        json row = {{"kind", r.kind},
+                    {"id", r.id},
+                    {"entity", r.entity},
+                    {"value", m2mvault::encoding::base64_encode(r.value)}};
+        if (r.name) row["name"] = *r.name;
+        if (r.expires) row["expires"] = *r.expires;
+        if (r.max_uses) row["max_uses"] = *r.max_uses;
+        rows.push_back(std::move(row));
+      }
+      json params = {{"rows", std::move(rows)}};
+      if (!batch.empty()) params["batch"] = batch;
+      json result;
+      try {
+        result = client.call("key.import_batch", params);
+      } catch (...) {
+        for (auto& row : params["rows"]) wipe(row["value"].get_ref<std::string&>());
+        throw;
+      }
+      for (auto& row : params["rows"]) wipe(row["value"].get_ref<std::string&>());
+      if (result.at("batch").is_string()) batch = result["batch"].get<std::string>();
+      for (const auto& p : result.at("problems")) {
+        const std::size_t index = start + p.at("row").get<std::size_t>();
+        problems.push_back({table.rows.at(index).line, p.at("message").get<std::string>()});
+      }
+      if (progress) {
+        std::fprintf(stderr, "\rpsk-table: %zu of %zu rows checked", end, table.rows.size());
+      }
+    }
+    if (progress) std::fprintf(stderr, "\n");
+    if (!problems.empty()) {
+      abort_batch();
+      std::sort(problems.begin(), problems.end(),
+                [](const auto& a, const auto& b) { return a.line < b.line; });
+      const std::string source = in_file == "-" ? "stdin" : in_file;
+      if (o.json_output) {
+        json out = json::array();
+        for (const auto& p : problems) out.push_back({{"line", p.line}, {"message", p.message}});
+        fmt::print("{}\n", json{{"imported", 0}, {"problems", out}}.dump(2));
+      } else {
+        for (const auto& p : problems) {
+          std::fprintf(stderr, "%s:%zu: %s\n", source.c_str(), p.line, p.message.c_str());
+        }
+      }
+      throw Error(
+          ErrorCode::invalid_argument,
+          fmt::format("{} bad row(s) in {}; nothing was imported", problems.size(), source));
+    }
+    if (table.rows.empty()) throw Error(ErrorCode::invalid_argument, "the table has no rows");
+    client.call("key.import_batch", {{"batch", batch}, {"commit", true}});
+  } catch (...) {
+    abort_batch();
+    throw;
+  }
+  if (o.json_output) {
+    fmt::print("{}\n", json{{"imported", table.rows.size()}, {"problems", json::array()}}.dump(2));
+  } else {
+    fmt::print("imported {} key(s)\n", table.rows.size());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -882,6 +1073,8 @@ int main(int argc, char** argv) {
   cli.add_key_adopt(*key);
   cli.add_key_queries(*key);
   cli.add_key_set_id(*key);
+  cli.add_key_psk(*key);
+  cli.add_psk_table(app);
   cli.add_derive(app);
   cli.add_enrol(app);
   cli.add_maf_handshake(app);

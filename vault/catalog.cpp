@@ -5,6 +5,7 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -21,8 +22,9 @@ namespace m2mvault::vault {
 namespace {
 
 // 1: the walking skeleton. 2: `peer` (whom a handshake-exported key is
-// shared with) and `certificate` (a signing key's PEM chain).
-constexpr int kSchemaVersion = 2;
+// shared with) and `certificate` (a signing key's PEM chain). 3: usage
+// counters, `max_uses` and `uses`.
+constexpr int kSchemaVersion = 3;
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS keys(
@@ -45,7 +47,9 @@ CREATE TABLE IF NOT EXISTS keys(
   check_value  TEXT,
   parent       TEXT,
   peer         TEXT,
-  certificate  TEXT
+  certificate  TEXT,
+  max_uses     INTEGER,
+  uses         INTEGER NOT NULL DEFAULT 0
 );
 -- Names and identifiers share one namespace: each key's canonical name and
 -- canonical identifier (once when equal) point at its row.
@@ -68,7 +72,9 @@ CREATE INDEX IF NOT EXISTS keys_by_state_name ON keys(state, name);
 constexpr const char* kColumns =
     "key_id, name, kind, identifier, entity, created, expires, storage, blob, object_id, "
     "token_label, "
-    "object_label, public_key, algorithm, length, check_value, parent, peer, certificate";
+    "object_label, public_key, algorithm, length, check_value, parent, peer, certificate, "
+    "max_uses, "
+    "uses";
 
 struct DbCloser {
   void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
@@ -207,6 +213,8 @@ KeyRecord read_record(sqlite3_stmt* s) {
   r.parent = column_text(s, 16);
   r.peer = column_text(s, 17);
   r.certificate = column_text(s, 18);
+  if (sqlite3_column_type(s, 19) != SQLITE_NULL) r.max_uses = sqlite3_column_int64(s, 19);
+  r.uses = sqlite3_column_int64(s, 20);
   return r;
 }
 
@@ -279,9 +287,13 @@ class SqliteCatalog final : public Catalog {
                               path.string(), found, kSchemaVersion));
     }
     exec(db, "BEGIN IMMEDIATE");
-    if (found == 1) {
+    if (found >= 1 && found < 2) {
       exec(db, "ALTER TABLE keys ADD COLUMN peer TEXT");
       exec(db, "ALTER TABLE keys ADD COLUMN certificate TEXT");
+    }
+    if (found >= 1 && found < 3) {
+      exec(db, "ALTER TABLE keys ADD COLUMN max_uses INTEGER");
+      exec(db, "ALTER TABLE keys ADD COLUMN uses INTEGER NOT NULL DEFAULT 0");
     }
     exec(db, kSchema);
     exec(db, fmt::format("PRAGMA user_version = {}", kSchemaVersion).c_str());
@@ -291,7 +303,8 @@ class SqliteCatalog final : public Catalog {
         db,
         "INSERT INTO keys(state, name, kind, identifier, entity, created, expires, storage, "
         "blob, object_id, token_label, object_label, public_key, algorithm, length, "
-        "check_value, parent, peer, certificate) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+        "check_value, parent, peer, certificate, max_uses) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     insert_name_ = prepare(db, "INSERT INTO names(canonical, key_id) VALUES (?, ?)");
     activate_ = prepare(db,
                         "UPDATE keys SET state = 'active', public_key = coalesce(?, public_key) "
@@ -375,6 +388,23 @@ class SqliteCatalog final : public Catalog {
                           column_blob(s.get(), 1));
   }
 
+  std::optional<std::int64_t> consume_use(std::int64_t row) override {
+    std::optional<std::int64_t> uses;
+    write([&](sqlite3* db) {
+      Stmt update = prepare(db,
+                            "UPDATE keys SET uses = uses + 1 WHERE key_id = ? AND "
+                            "max_uses IS NOT NULL AND uses < max_uses RETURNING uses");
+      sqlite3_bind_int64(update.get(), 1, row);
+      const int rc = sqlite3_step(update.get());
+      if (rc == SQLITE_ROW) {
+        uses = sqlite3_column_int64(update.get(), 0);
+      } else if (rc != SQLITE_DONE) {
+        fail(db, "count a use");
+      }
+    });
+    return uses;
+  }
+
   void set_certificate(std::int64_t row, const std::string& pem) override {
     write([&](sqlite3* db) {
       Stmt update = prepare(db, "UPDATE keys SET certificate = ? WHERE key_id = ?");
@@ -435,56 +465,132 @@ class SqliteCatalog final : public Catalog {
   }
 
  private:
-  KeyRecord insert_as(KeyRecord record, const char* state) {
+  using Names = std::vector<std::pair<std::string, std::string>>;  // canonical, as given
+
+  // The names a record takes in the shared namespace, validated (throws
+  // Error(invalid_argument)); fills in the default name.
+  static Names names_of(KeyRecord& record) {
     if (record.name.empty()) {
       if (!record.identifier || record.identifier->empty())
         throw Error(ErrorCode::invalid_argument, "a key needs a name or an identifier");
       record.name = *record.identifier;
     }
-    // Canonical forms are computed (and validated) before queueing.
-    std::vector<std::pair<std::string, std::string>> names;  // canonical, as given
+    Names names;
     names.emplace_back(canonical_name(record.name), record.name);
     if (record.identifier) {
       std::string id = canonical_identifier(record.kind, *record.identifier);
       if (id != names[0].first) names.emplace_back(std::move(id), *record.identifier);
     }
-    write([&](sqlite3* db) {
-      sqlite3_stmt* s = insert_key_.get();
-      ResetOnExit reset(s);
-      bind_text(s, 1, state);
-      bind_text(s, 2, record.name);
-      bind_text(s, 3, to_string(record.kind));
-      bind_optional(s, 4, record.identifier);
-      bind_optional(s, 5, record.entity);
-      sqlite3_bind_int64(s, 6, record.created);
-      if (record.expires) sqlite3_bind_int64(s, 7, *record.expires);
-      bind_text(s, 8, to_string(record.storage));
-      bind_blob(s, 9, record.blob);
-      bind_blob(s, 10, record.object_id);
-      bind_text(s, 11, record.token_label);
-      bind_text(s, 12, record.object_label);
-      bind_blob(s, 13, record.public_key);
-      bind_text(s, 14, record.algorithm);
-      sqlite3_bind_int64(s, 15, static_cast<sqlite3_int64>(record.length));
-      bind_optional(s, 16, record.check_value);
-      bind_optional(s, 17, record.parent);
-      bind_optional(s, 18, record.peer);
-      bind_optional(s, 19, record.certificate);
-      if (sqlite3_step(s) != SQLITE_DONE) fail(db, "insert");
-      record.row = sqlite3_last_insert_rowid(db);
-      for (const auto& [canonical, given] : names) {
-        sqlite3_stmt* n = insert_name_.get();
-        ResetOnExit reset_name(n);
-        bind_text(n, 1, canonical);
-        sqlite3_bind_int64(n, 2, record.row);
-        int rc = sqlite3_step(n);
-        if (rc == SQLITE_CONSTRAINT) already_exists(given);
-        if (rc != SQLITE_DONE) fail(db, "insert name");
-      }
-    });
+    return names;
+  }
+
+  KeyRecord insert_as(KeyRecord record, const char* state) {
+    // Canonical forms are computed (and validated) before queueing.
+    const Names names = names_of(record);
+    write([&](sqlite3* db) { insert_row(db, record, state, names); });
     return record;
   }
 
+  // Inside a write: one keys row and its names; sets record.row.
+  void insert_row(sqlite3* db, KeyRecord& record, const char* state, const Names& names) {
+    sqlite3_stmt* s = insert_key_.get();
+    ResetOnExit reset(s);
+    bind_text(s, 1, state);
+    bind_text(s, 2, record.name);
+    bind_text(s, 3, to_string(record.kind));
+    bind_optional(s, 4, record.identifier);
+    bind_optional(s, 5, record.entity);
+    sqlite3_bind_int64(s, 6, record.created);
+    if (record.expires) sqlite3_bind_int64(s, 7, *record.expires);
+    bind_text(s, 8, to_string(record.storage));
+    bind_blob(s, 9, record.blob);
+    bind_blob(s, 10, record.object_id);
+    bind_text(s, 11, record.token_label);
+    bind_text(s, 12, record.object_label);
+    bind_blob(s, 13, record.public_key);
+    bind_text(s, 14, record.algorithm);
+    sqlite3_bind_int64(s, 15, static_cast<sqlite3_int64>(record.length));
+    bind_optional(s, 16, record.check_value);
+    bind_optional(s, 17, record.parent);
+    bind_optional(s, 18, record.peer);
+    bind_optional(s, 19, record.certificate);
+    if (record.max_uses) sqlite3_bind_int64(s, 20, *record.max_uses);
+    if (sqlite3_step(s) != SQLITE_DONE) fail(db, "insert");
+    record.row = sqlite3_last_insert_rowid(db);
+    for (const auto& [canonical, given] : names) {
+      sqlite3_stmt* n = insert_name_.get();
+      ResetOnExit reset_name(n);
+      bind_text(n, 1, canonical);
+      sqlite3_bind_int64(n, 2, record.row);
+      int rc = sqlite3_step(n);
+      if (rc == SQLITE_CONSTRAINT) already_exists(given);
+      if (rc != SQLITE_DONE) fail(db, "insert name");
+    }
+  }
+
+ public:
+  std::vector<BatchProblem> insert_pending_batch(std::vector<KeyRecord>& records) override {
+    std::vector<BatchProblem> problems;
+    std::vector<Names> names(records.size());
+    for (std::size_t i = 0; i < records.size(); ++i) {
+      try {
+        names[i] = names_of(records[i]);
+      } catch (const Error& e) {
+        problems.push_back({i, e.what()});
+      }
+    }
+    // Valid records are tried even so, to report their clashes too.
+    struct Rejected {};  // rolls the whole batch back
+    try {
+      write([&](sqlite3* db) {
+        for (std::size_t i = 0; i < records.size(); ++i) {
+          if (names[i].empty()) continue;  // invalid, already reported
+          exec(db, "SAVEPOINT batch_row");
+          try {
+            insert_row(db, records[i], "pending", names[i]);
+            exec(db, "RELEASE batch_row");
+          } catch (const Error& e) {
+            if (e.code() != ErrorCode::conflict) throw;
+            problems.push_back({i, e.what()});
+            exec(db, "ROLLBACK TO batch_row");
+            exec(db, "RELEASE batch_row");
+          }
+        }
+        if (!problems.empty()) throw Rejected{};
+      });
+    } catch (const Rejected&) {
+      for (auto& r : records) r.row = 0;
+    }
+    std::sort(problems.begin(), problems.end(),
+              [](const BatchProblem& a, const BatchProblem& b) { return a.index < b.index; });
+    return problems;
+  }
+
+  void activate_batch(const std::vector<std::int64_t>& rows) override {
+    write([&](sqlite3* db) {
+      Stmt update =
+          prepare(db, "UPDATE keys SET state = 'active' WHERE key_id = ? AND state = 'pending'");
+      for (std::int64_t row : rows) {
+        ResetOnExit reset(update.get());
+        sqlite3_bind_int64(update.get(), 1, row);
+        if (sqlite3_step(update.get()) != SQLITE_DONE) fail(db, "activate batch");
+        if (sqlite3_changes(db) == 0) row_gone(row);
+      }
+    });
+  }
+
+  void remove_batch(const std::vector<std::int64_t>& rows) override {
+    write([&](sqlite3* db) {
+      for (std::int64_t row : rows) {
+        sqlite3_stmt* s = remove_.get();
+        ResetOnExit reset(s);
+        sqlite3_bind_int64(s, 1, row);
+        if (sqlite3_step(s) != SQLITE_DONE) fail(db, "remove batch");
+      }
+    });
+  }
+
+ private:
   // Queues `apply` for the writer and waits until its group is committed.
   void write(std::function<void(sqlite3*)> apply) {
     WriteOp op{std::move(apply), {}};

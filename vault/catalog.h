@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -39,6 +40,21 @@ class Catalog {
   virtual void activate(std::int64_t row, const std::vector<std::uint8_t>& public_key = {}) = 0;
   virtual void remove(std::int64_t row) = 0;
 
+  // Many keys at once, all or none (psk-table import): insert_pending_batch()
+  // inserts every record as a pending row in one transaction and sets their
+  // `row`s, or, when any record is invalid or clashes with a key or with
+  // another record, inserts none and names each such record by its index.
+  // Pending rows reserve their names but are not found; activate_batch()
+  // makes them active in one transaction; remove_batch() drops them; a
+  // start finds any left by a crash and drops them (Vault::reconcile).
+  struct BatchProblem {
+    std::size_t index;
+    std::string message;
+  };
+  virtual std::vector<BatchProblem> insert_pending_batch(std::vector<KeyRecord>& records) = 0;
+  virtual void activate_batch(const std::vector<std::int64_t>& rows) = 0;
+  virtual void remove_batch(const std::vector<std::int64_t>& rows) = 0;
+
   // Replaces a key's oneM2M identifier (e.g. with the KmID a MAF assigned
   // later). The new identifier must be unused (Error(conflict)); the key's
   // name is unchanged, and the old identifier stops finding it unless it is
@@ -48,6 +64,11 @@ class Catalog {
   // Attaches a signing key's certificate chain (PEM, leaf first), replacing
   // any earlier one. Throws Error(not_found) when the row no longer exists.
   virtual void set_certificate(std::int64_t row, const std::string& pem) = 0;
+
+  // Counts one use of a key with a usage limit, durably, before the use:
+  // the new count, or nullopt when the limit is already reached (nothing
+  // changes). A crash after counting loses a use, never grants an extra one.
+  virtual std::optional<std::int64_t> consume_use(std::int64_t row) = 0;
 
   // The audit log's checkpoint (sequence number and tag of a record), kept
   // here and in the token so that a cut log tail is detectable.

@@ -108,6 +108,7 @@ std::string Vault::certificate_request(std::string_view key, const std::string& 
                 fmt::format("key '{}' is a {} key; certificates are for signing keys", record.name,
                             to_string(record.kind)));
   }
+  count_use(record);
   X509ReqPtr req(X509_REQ_new());
   if (!req) throw Error(ErrorCode::internal, "out of memory");
   X509NamePtr name = parse_subject(subject);

@@ -5,6 +5,7 @@
 #include <pwd.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <ctime>
 
 #include "api/encoding.h"
@@ -44,6 +45,16 @@ std::optional<std::int64_t> optional_time(const json& params, std::string_view n
   auto v = optional_string(params, name);
   if (!v) return std::nullopt;
   return parse_rfc3339(*v);
+}
+
+// A usage limit: a positive integer, or absent.
+std::optional<std::int64_t> optional_max_uses(const json& params) {
+  const json* v = param(params, "max_uses");
+  if (!v) return std::nullopt;
+  if (!v->is_number_integer() || v->get<std::int64_t>() < 1) {
+    throw Error(ErrorCode::invalid_argument, "parameter 'max_uses' must be a positive integer");
+  }
+  return v->get<std::int64_t>();
 }
 
 std::vector<std::uint8_t> required_base64(const json& params, std::string_view name) {
@@ -161,6 +172,10 @@ json key_to_json(const KeyRecord& r) {
   } else {
     j["algorithm"] = r.algorithm;
   }
+  if (r.max_uses) {
+    j["max_uses"] = *r.max_uses;
+    j["uses"] = r.uses;
+  }
   if (r.parent) j["parent"] = *r.parent;
   if (r.peer) j["peer"] = *r.peer;
   if (r.certificate) j["certificate"] = certificate_to_json(*r.certificate);
@@ -177,6 +192,7 @@ Dispatcher::Dispatcher(Vault& vault, Handshakes& handshakes, policies::PolicySto
       handshakes_(handshakes),
       policies_(policies),
       audit_(audit),
+      batches_(vault),
       started_(std::chrono::steady_clock::now()) {
   if (audit_) {
     const auto& limits = policies_.current()->limits();
@@ -230,6 +246,9 @@ std::optional<policies::KeyFacts> Dispatcher::key_facts(const api::Request& requ
     named = text("ke");
   } else if (op == "handshake.start") {
     named = text("psk_key");
+    if (!named) named = text("key");
+  } else if (op == "psk.release") {
+    named = text("id");
     if (!named) named = text("key");
   } else if (op.starts_with("key.") || op == "sign" || op.starts_with("cert.")) {
     named = text("key");
@@ -353,6 +372,78 @@ json Dispatcher::handle(const api::Principal& principal, const api::Request& req
   }
 }
 
+json Dispatcher::import_batch(const Context& context, const json& p) {
+  const std::string batch = optional_string(p, "batch").value_or("");
+  auto flag = [&](const char* name) {
+    const json* v = param(p, name);
+    if (v && !v->is_boolean()) {
+      throw Error(ErrorCode::invalid_argument,
+                  fmt::format("parameter '{}' must be a boolean", name));
+    }
+    return v && v->get<bool>();
+  };
+  const uid_t uid = context.principal.uid;
+  if (flag("abort")) {
+    if (batch.empty()) throw Error(ErrorCode::invalid_argument, "parameter 'batch' is required");
+    batches_.abort(uid, batch);
+    return {{"batch", nullptr}, {"aborted", true}};
+  }
+  std::vector<ImportSpec> specs;
+  std::vector<hsm::SecureBuffer> values;
+  std::vector<Catalog::BatchProblem> refused;  // malformed, or not allowed by the policy
+  std::vector<std::size_t> row_of;             // specs[i] is rows[row_of[i]]
+  if (const json* rows = param(p, "rows")) {
+    if (!rows->is_array())
+      throw Error(ErrorCode::invalid_argument, "parameter 'rows' must be an array");
+    const policies::Principal who{uid, context.principal.gid, context.principal.groups};
+    for (std::size_t i = 0; i < rows->size(); ++i) {
+      const json& row = (*rows)[i];
+      ImportSpec spec;
+      hsm::SecureBuffer value;
+      try {
+        if (!row.is_object()) throw Error(ErrorCode::invalid_argument, "a row must be an object");
+        spec.kind = parse_key_kind(required_string(row, "kind"));
+        spec.identifier = required_string(row, "id");
+        spec.name = optional_string(row, "name");
+        spec.entity = optional_string(row, "entity");
+        spec.expires = optional_time(row, "expires");
+        spec.max_uses = optional_max_uses(row);
+        auto text = required_string(row, "value");
+        auto size = encoding::base64_decoded_size(text);
+        if (!size) throw Error(ErrorCode::invalid_argument, "'value' is not valid base64");
+        value = hsm::SecureBuffer(*size);
+        if (!encoding::base64_decode_into(text, value.span()))
+          throw Error(ErrorCode::invalid_argument, "'value' is not valid base64");
+        if (!context.administrator) {
+          const policies::KeyFacts facts{spec.name.value_or(spec.identifier), spec.identifier,
+                                         std::string(to_string(spec.kind))};
+          auto decision = context.policy->authorize(who, policies::PolicyGrant::key_create, &facts);
+          if (!decision.allowed) throw Error(ErrorCode::denied, decision.reason);
+        }
+      } catch (const Error& e) {
+        refused.push_back({i, fmt::format("{}: {}", to_string(e.code()), e.what())});
+        continue;
+      }
+      specs.push_back(std::move(spec));
+      values.push_back(std::move(value));
+      row_of.push_back(i);
+    }
+  }
+  auto outcome = batches_.stage(uid, batch, specs, values, flag("commit"), !refused.empty());
+  for (auto& problem : outcome.problems) problem.index = row_of[problem.index];
+  outcome.problems.insert(outcome.problems.end(), refused.begin(), refused.end());
+  std::sort(outcome.problems.begin(), outcome.problems.end(),
+            [](const auto& a, const auto& b) { return a.index < b.index; });
+  json problems = json::array();
+  for (const auto& problem : outcome.problems) {
+    problems.push_back({{"row", problem.index}, {"message", problem.message}});
+  }
+  return {{"batch", outcome.batch.empty() ? json(nullptr) : json(outcome.batch)},
+          {"staged", outcome.staged},
+          {"committed", outcome.committed},
+          {"problems", std::move(problems)}};
+}
+
 json Dispatcher::dispatch(const Context& context, const api::Request& request) {
   const std::string& op = request.op;
   const json& p = request.params;
@@ -382,6 +473,7 @@ json Dispatcher::dispatch(const Context& context, const api::Request& request) {
     spec.name = optional_string(p, "name");
     spec.entity = optional_string(p, "entity");
     spec.expires = optional_time(p, "expires");
+    spec.max_uses = optional_max_uses(p);
     // The value is on its way into the token: held only for this call.
     auto value_text = required_string(p, "value");
     auto size = encoding::base64_decoded_size(value_text);
@@ -406,6 +498,7 @@ json Dispatcher::dispatch(const Context& context, const api::Request& request) {
     spec.algorithm = parse_algorithm(optional_string(p, "alg").value_or("ec-p256"));
     spec.entity = optional_string(p, "entity");
     spec.expires = optional_time(p, "expires");
+    spec.max_uses = optional_max_uses(p);
     return key_to_json(vault_.generate_signing_key(spec));
   }
 
@@ -501,6 +594,7 @@ json Dispatcher::dispatch(const Context& context, const api::Request& request) {
     spec.name = optional_string(p, "name");
     spec.entity = optional_string(p, "entity");
     spec.expires = optional_time(p, "expires");
+    spec.max_uses = optional_max_uses(p);
     return key_to_json(vault_.derive(spec));
   }
 
@@ -555,6 +649,25 @@ json Dispatcher::dispatch(const Context& context, const api::Request& request) {
 
   if (op == "key.set_id") {
     return key_to_json(vault_.set_identifier(required_string(p, "key"), required_string(p, "id")));
+  }
+
+  if (op == "key.import_batch") return import_batch(context, p);
+
+  if (op == "psk.release") {
+    // A TLS server passes the psk_identity it received as `id`; `key` takes
+    // a name too. The answer binds the PSK to its entity and nothing else.
+    auto id = optional_string(p, "id");
+    auto key = optional_string(p, "key");
+    if (id.has_value() == key.has_value() || (id ? *id : *key).empty()) {
+      throw Error(ErrorCode::invalid_argument, "give exactly one of 'id' and 'key'");
+    }
+    auto released = vault_.release_psk(id ? *id : *key, id.has_value());
+    const KeyRecord& r = released.record;
+    return {{"name", r.name},
+            {"kind", std::string(to_string(r.kind))},
+            {"id", optional_json(r.identifier)},
+            {"entity", optional_json(r.entity)},
+            {"value", encoding::base64_encode(released.value.span())}};
   }
 
   if (op == "sign") {

@@ -13,6 +13,7 @@
 #include "policies/policy.h"
 #include "policies/rate_limiter.h"
 #include "vault/handshakes.h"
+#include "vault/import_batches.h"
 #include "vault/vault.h"
 
 namespace m2mvault::vault {
@@ -58,11 +59,13 @@ class Dispatcher : public api::RequestHandler {
   std::optional<policies::KeyFacts> key_facts(const api::Request& request,
                                               std::string* key_id) const;
   nlohmann::json policy_check(const nlohmann::json& params) const;
+  nlohmann::json import_batch(const Context& context, const nlohmann::json& params);
 
   Vault& vault_;
   Handshakes& handshakes_;
   policies::PolicyStore& policies_;
   RequestAudit* audit_;
+  ImportBatches batches_;
   std::mutex limiter_mutex_;
   std::shared_ptr<const policies::PolicyFile>
       limiter_policy_;  // the policy the limiter was made for

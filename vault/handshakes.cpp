@@ -129,6 +129,7 @@ Handshakes::Progress Handshakes::start(uid_t owner, const HandshakeSpec& spec,
       throw Error(ErrorCode::invalid_argument,
                   fmt::format("'{}' has no identifier to send as psk_identity", key.name));
     }
+    vault_.count_use(key);
     settings.psk = PskCredential{*key.identifier, key.blob};
     session->parent = key.name;
     session->credential_expiry = key.expires;
@@ -149,6 +150,7 @@ Handshakes::Progress Handshakes::start(uid_t owner, const HandshakeSpec& spec,
                   "a certificate-based handshake needs the peer's Certificate Name and Root of "
                   "Trust (TS-0003 8.1.1.2.2)");
     }
+    vault_.count_use(key);
     CertificateCredential cred;
     cred.key = in_token([&] {
       return se_.private_key({key.token_label, key.object_id, key.object_label});

@@ -51,6 +51,8 @@ struct KeyRecord {
   std::optional<std::string> parent;       // name of the key it was derived from
   std::optional<std::string> peer;         // handshake-exported keys: whom the key is shared with
   std::optional<std::string> certificate;  // signing keys: PEM chain, leaf first
+  std::optional<std::int64_t> max_uses;    // usage limit (sign, psk.release, derive, handshake)
+  std::int64_t uses = 0;                   // uses counted against max_uses
 };
 
 }  // namespace m2mvault::vault

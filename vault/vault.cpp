@@ -6,6 +6,7 @@
 #include <openssl/x509.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <set>
@@ -44,6 +45,13 @@ void reject_past_expiry(const std::optional<std::int64_t>& expires, std::int64_t
                         std::string_view what) {
   if (expires && *expires <= now) {
     throw Error(ErrorCode::invalid_argument, fmt::format("expiry of {} is in the past", what));
+  }
+}
+
+void check_max_uses(const std::optional<std::int64_t>& max_uses) {
+  if (max_uses && *max_uses < 1) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("a usage limit must be at least 1, got {}", *max_uses));
   }
 }
 
@@ -145,7 +153,7 @@ ReconcileReport Vault::reconcile() {
   return report;
 }
 
-KeyRecord Vault::import_key(const ImportSpec& spec, std::span<const std::uint8_t> secret) {
+KeyRecord Vault::imported_record(const ImportSpec& spec, std::span<const std::uint8_t> secret) {
   if (spec.kind == KeyKind::signing) {
     throw Error(ErrorCode::unsupported,
                 "importing signing keys is not supported: generate one with 'key generate' or "
@@ -158,7 +166,9 @@ KeyRecord Vault::import_key(const ImportSpec& spec, std::span<const std::uint8_t
   }
   const std::int64_t now = clock_();
   reject_past_expiry(spec.expires, now, fmt::format("'{}'", spec.identifier));
+  check_max_uses(spec.max_uses);
   KeyRecord record;
+  record.max_uses = spec.max_uses;
   record.kind = spec.kind;
   record.identifier = spec.identifier;
   // Validate before touching the token: a bad identifier costs no HSM work.
@@ -169,24 +179,70 @@ KeyRecord Vault::import_key(const ImportSpec& spec, std::span<const std::uint8_t
   record.created = now;
   record.expires = spec.expires;
   record.length = secret.size();
-
+  // PSK kinds are wrapped; a Ke's check value is taken from a transient
+  // wrapped copy so its pending row is complete.
+  auto wrapped =
+      in_token([&] { return se_.wrap_secret_with_mac(secret, as_bytes(kCheckValueLabel)); });
+  record.check_value = check_value_text(wrapped.mac);
   if (is_psk_kind(spec.kind)) {
     record.storage = Storage::wrapped;
-    auto wrapped =
-        in_token([&] { return se_.wrap_secret_with_mac(secret, as_bytes(kCheckValueLabel)); });
     record.blob = std::move(wrapped.blob);
-    record.check_value = check_value_text(wrapped.mac);
-    return catalog_.insert(std::move(record));
+  } else {
+    record.storage = Storage::token;
   }
+  return record;
+}
 
-  // Ke: a persistent, non-extractable token object. Its check value is taken
-  // from a transient wrapped copy so the pending row is complete.
-  record.storage = Storage::token;
-  record.check_value = check_value_text(
-      in_token([&] { return se_.wrap_secret_with_mac(secret, as_bytes(kCheckValueLabel)); }).mac);
+KeyRecord Vault::import_key(const ImportSpec& spec, std::span<const std::uint8_t> secret) {
+  KeyRecord record = imported_record(spec, secret);
+  if (record.storage == Storage::wrapped) return catalog_.insert(std::move(record));
+  // Ke: a persistent, non-extractable token object.
   return insert_token_secret(std::move(record), [&](std::span<const std::uint8_t> object_id) {
     se_.create_token_secret(object_id, secret);
   });
+}
+
+std::vector<Catalog::BatchProblem> Vault::stage_imports(
+    const std::vector<ImportSpec>& specs, const std::vector<hsm::SecureBuffer>& values,
+    std::vector<std::int64_t>& staged) {
+  std::vector<Catalog::BatchProblem> problems;
+  std::vector<KeyRecord> records;
+  std::vector<std::size_t> index_of;  // records[i] is specs[index_of[i]]
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    try {
+      if (!is_psk_kind(specs[i].kind)) {
+        throw Error(ErrorCode::unsupported,
+                    fmt::format("a {} key cannot be imported in a batch; only wrapped (PSK) kinds",
+                                to_string(specs[i].kind)));
+      }
+      records.push_back(imported_record(specs[i], values.at(i).span()));
+      index_of.push_back(i);
+    } catch (const Error& e) {
+      problems.push_back({i, e.what()});
+    }
+  }
+  for (auto& p : catalog_.insert_pending_batch(records)) {
+    problems.push_back({index_of[p.index], std::move(p.message)});
+  }
+  std::sort(problems.begin(), problems.end(),
+            [](const auto& a, const auto& b) { return a.index < b.index; });
+  if (problems.empty()) {
+    for (const auto& r : records) staged.push_back(r.row);
+  } else if (!records.empty() && records.front().row != 0) {
+    // Only invalid rows failed, so the valid ones went in: take them out.
+    std::vector<std::int64_t> rows;
+    for (const auto& r : records) rows.push_back(r.row);
+    catalog_.remove_batch(rows);
+  }
+  return problems;
+}
+
+void Vault::commit_staged(const std::vector<std::int64_t>& rows) {
+  catalog_.activate_batch(rows);
+}
+
+void Vault::discard_staged(const std::vector<std::int64_t>& rows) {
+  catalog_.remove_batch(rows);
 }
 
 KeyRecord Vault::insert_token_secret(
@@ -247,6 +303,7 @@ KeyRecord Vault::derive(const DeriveSpec& spec) {
   const std::vector<std::uint8_t> input = derivation_input(spec);
   const std::int64_t now = clock_();
   reject_past_expiry(spec.expires, now, "the derived key");
+  check_max_uses(spec.max_uses);
   KeyRecord record;
   switch (spec.derivation) {
     case Derivation::master_credential:
@@ -270,6 +327,8 @@ KeyRecord Vault::derive(const DeriveSpec& spec) {
   record.parent = parent.name;
   record.storage = Storage::wrapped;
   record.length = 32;
+  record.max_uses = spec.max_uses;
+  count_use(parent);
   auto derived = in_token([&] {
     return se_.derive_wrapped_secret_with_mac(secret_ref(parent), input,
                                               as_bytes(kCheckValueLabel));
@@ -370,7 +429,9 @@ KeyRecord Vault::set_identifier(std::string_view key, const std::string& identif
 KeyRecord Vault::generate_signing_key(const GenerateSpec& spec) {
   const std::int64_t now = clock_();
   reject_past_expiry(spec.expires, now, fmt::format("'{}'", spec.name));
+  check_max_uses(spec.max_uses);
   KeyRecord record;
+  record.max_uses = spec.max_uses;
   record.kind = KeyKind::signing;
   record.name = spec.name;
   canonical_name(record.name);
@@ -444,6 +505,45 @@ KeyRecord Vault::usable_or_throw(std::string_view key) {
   return record;
 }
 
+void Vault::count_use(const KeyRecord& record) {
+  if (!record.max_uses) return;
+  if (!catalog_.consume_use(record.row)) {
+    throw Error(ErrorCode::expired, fmt::format("key '{}' has reached its usage limit of {} uses",
+                                                record.name, *record.max_uses));
+  }
+}
+
+Vault::ReleasedPsk Vault::release_psk(std::string_view key, bool identifier_only) {
+  KeyRecord record = find_or_throw(key);
+  if (identifier_only) {
+    // Names and identifiers share a namespace, so `key` found this record
+    // either way; a psk_identity must be its identifier.
+    bool by_identifier = false;
+    if (record.identifier) {
+      try {
+        by_identifier = canonical_identifier(record.kind, *record.identifier) ==
+                        canonical_identifier(record.kind, key);
+      } catch (const Error&) {
+        by_identifier = false;
+      }
+    }
+    if (!by_identifier) {
+      throw Error(ErrorCode::not_found, fmt::format("no key with identifier '{}'", key));
+    }
+  }
+  if (record.kind != KeyKind::kpsa && record.kind != KeyKind::kc) {
+    throw Error(ErrorCode::unsupported,
+                fmt::format("key '{}' is a {} key; only TLS PSKs (kpsa, kc) are released",
+                            record.name, to_string(record.kind)));
+  }
+  if (record.expires && *record.expires <= clock_()) {
+    throw Error(ErrorCode::expired, fmt::format("key '{}' has expired", record.name));
+  }
+  count_use(record);
+  hsm::SecureBuffer value = in_token([&] { return se_.unwrap_secret(record.blob); });
+  return {std::move(record), std::move(value)};
+}
+
 KeyRecord Vault::show(std::string_view key) {
   return find_or_throw(key);
 }
@@ -487,6 +587,7 @@ std::vector<std::uint8_t> Vault::sign(std::string_view key, hsm::SignatureScheme
         ErrorCode::invalid_argument,
         fmt::format("digest must be 32, 48 or 64 bytes (SHA-256/384/512), got {}", digest.size()));
   }
+  count_use(record);
   return in_token([&] { return se_.sign_digest(token_ref(record), scheme, digest); });
 }
 

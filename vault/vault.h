@@ -31,6 +31,7 @@ struct ImportSpec {
   std::optional<std::string> name;
   std::optional<std::string> entity;
   std::optional<std::int64_t> expires;
+  std::optional<std::int64_t> max_uses;  // usage limit; none when absent
 };
 
 struct GenerateSpec {
@@ -38,6 +39,7 @@ struct GenerateSpec {
   hsm::SigningAlgorithm algorithm = hsm::SigningAlgorithm::ec_p256;
   std::optional<std::string> entity;
   std::optional<std::int64_t> expires;
+  std::optional<std::int64_t> max_uses;  // usage limit; none when absent
 };
 
 struct AdoptSpec {
@@ -71,6 +73,7 @@ struct DeriveSpec {
   std::optional<std::string> name;
   std::optional<std::string> entity;
   std::optional<std::int64_t> expires;  // clamped to the parent's expiry (TS-0003 10.7)
+  std::optional<std::int64_t> max_uses;
 };
 
 // The message HMAC'd with the Ke for `spec` (label || encoded inputs).
@@ -105,6 +108,19 @@ class Vault {
   // catalog transaction; a Ke becomes a token object (two-phase create).
   KeyRecord import_key(const ImportSpec& spec, std::span<const std::uint8_t> secret);
 
+  // A psk-table import (docs/CLI.md), all rows or none across several calls:
+  // stage_imports() validates and wraps every row of one call and inserts
+  // them as pending rows in one transaction, appending their rows to
+  // `staged`; when any row is bad, none of the call's rows is staged and
+  // each bad one is named by its index. commit_staged() activates staged
+  // rows in one transaction; discard_staged() drops them. Pending rows a
+  // crash leaves are dropped by reconcile(). PSK kinds only.
+  std::vector<Catalog::BatchProblem> stage_imports(const std::vector<ImportSpec>& specs,
+                                                   const std::vector<hsm::SecureBuffer>& values,
+                                                   std::vector<std::int64_t>& staged);
+  void commit_staged(const std::vector<std::int64_t>& rows);
+  void discard_staged(const std::vector<std::int64_t>& rows);
+
   // Generates a signing key pair inside the token (two-phase create).
   KeyRecord generate_signing_key(const GenerateSpec& spec);
 
@@ -134,6 +150,21 @@ class Vault {
 
   // The key, when it exists and has not expired (not_found / expired).
   KeyRecord usable(std::string_view key) { return usable_or_throw(key); }
+
+  // Counts one use of a key that has a usage limit (sign, psk.release,
+  // derive, handshake), durably and before the use; a key whose limit is
+  // reached is refused with Error(expired). Keys without a limit: no-op.
+  void count_use(const KeyRecord& record);
+
+  // A TLS PSK for a stack that must hold it (TR-0038 7.1.2's psk look-up):
+  // the Kpsa or Kc with its bound entity. `identifier_only` finds the key by
+  // its identifier alone (what a TLS server receives as psk_identity), never
+  // by a name. Other kinds are Error(unsupported). Counts a use.
+  struct ReleasedPsk {
+    KeyRecord record;
+    hsm::SecureBuffer value;
+  };
+  ReleasedPsk release_psk(std::string_view key, bool identifier_only);
 
   // Replaces a key's oneM2M identifier (e.g. the KmID a MAF assigned).
   KeyRecord set_identifier(std::string_view key, const std::string& identifier);
@@ -175,6 +206,9 @@ class Vault {
   // `create` makes the token object, the row is activated.
   KeyRecord insert_token_secret(KeyRecord record,
                                 const std::function<void(std::span<const std::uint8_t>)>& create);
+  // A validated record for an import, wrapped (PSK kinds) or ready for its
+  // token object (Ke); touches neither catalog nor token objects.
+  KeyRecord imported_record(const ImportSpec& spec, std::span<const std::uint8_t> secret);
   KeyRecord find_or_throw(std::string_view key);
   KeyRecord usable_or_throw(std::string_view key);
   std::string check_value_of(const hsm::SecretRef& ref);

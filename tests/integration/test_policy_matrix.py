@@ -25,6 +25,7 @@ from vaultlib import Daemon
 NOBODY = 65534
 KPSA_ID = "AE1@in.provider.com"
 KM_ID = "k1@maf.example.com"
+OTHER_KPSA_ID = "AE9@in.other-provider.com"  # another gateway's device
 
 # One attempt per row: a label, the CLI arguments, the wire operation the
 # audit log names, and the key the audit record names ("" for none).
@@ -44,17 +45,19 @@ OPERATIONS = [
     ("csr-other", ["cert", "csr", "--key", "other-key", "--subject", "/CN=x"], "cert.csr", "other-key"),
     ("audit", ["audit", "show", "--json"], "audit.show", ""),
     ("reload", ["policy", "reload"], "policy.reload", ""),
+    ("psk-kpsa", ["key", "psk", KPSA_ID], "psk.release", KPSA_ID),
+    ("psk-other", ["key", "psk", OTHER_KPSA_ID], "psk.release", OTHER_KPSA_ID),
 ]
 
 # The expectation, written out from the rules in POLICY below (not asked of
 # the daemon). True: exit 0; False: exit 12, "denied".
-#                 status show-gw show-other show-kpsa public-gw gen-op gen-gw derive list  delete csr-gw csr-oth audit reload
+#                 status show-gw show-other show-kpsa public-gw gen-op gen-gw derive list  delete csr-gw csr-oth audit reload psk psk-other
 _T, _F = True, False
 EXPECTED = {
-    "gw":     dict(zip([o[0] for o in OPERATIONS], [_T, _T, _F, _T, _T, _F, _F, _F, _T, _F, _T, _F, _F, _F])),
-    "aud":    dict(zip([o[0] for o in OPERATIONS], [_F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _T, _F])),
-    "nobody": dict(zip([o[0] for o in OPERATIONS], [_F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F])),
-    "op":     dict(zip([o[0] for o in OPERATIONS], [_T, _F, _F, _F, _F, _T, _F, _T, _T, _T, _F, _F, _F, _F])),
+    "gw":     dict(zip([o[0] for o in OPERATIONS], [_T, _T, _F, _T, _T, _F, _F, _F, _T, _F, _T, _F, _F, _F, _T, _F])),
+    "aud":    dict(zip([o[0] for o in OPERATIONS], [_F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _T, _F, _F, _F])),
+    "nobody": dict(zip([o[0] for o in OPERATIONS], [_F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F, _F])),
+    "op":     dict(zip([o[0] for o in OPERATIONS], [_T, _F, _F, _F, _F, _T, _F, _T, _T, _T, _F, _F, _F, _F, _F, _F])),
 }
 # What `key list` shows each principal allowed to list: only keys it may key.read.
 # op lists after its derive, so it sees the km; not its ke, op-new or op-old (kinds).
@@ -177,7 +180,7 @@ def _as_user(cli, socket, uid, gid, args, groups="init"):
 
 
 class PolicyMatrixTest(unittest.TestCase):
-    """Four principals × fourteen CLI verbs against one policy file."""
+    """Four principals × sixteen CLI verbs against one policy file."""
 
     @classmethod
     def setUpClass(cls):
@@ -212,7 +215,11 @@ class PolicyMatrixTest(unittest.TestCase):
         d.cli("key", "generate", "--name", "gw-key", check=True)
         d.cli("key", "generate", "--name", "other-key", check=True)
         d.cli("key", "generate", "--name", "op-old", check=True)
-        d.cli("key", "import", "--kind", "kpsa", "--id", KPSA_ID, "--hex", secrets.token_hex(16), check=True)
+        cls.kpsa_hex = secrets.token_hex(16)
+        d.cli("key", "import", "--kind", "kpsa", "--id", KPSA_ID, "--entity", "Clock-AE1", "--hex", cls.kpsa_hex,
+              check=True)
+        d.cli("key", "import", "--kind", "kpsa", "--id", OTHER_KPSA_ID, "--entity", "Other-AE", "--hex",
+              secrets.token_hex(16), check=True)
         cls.ke_id = base64.b64encode(secrets.token_bytes(16)).decode() + "@mef.example.com"
         d.cli("key", "import", "--kind", "ke", "--id", cls.ke_id, "--name", "op-ke", "--hex",
               secrets.token_hex(32), check=True)
@@ -265,6 +272,8 @@ class PolicyMatrixTest(unittest.TestCase):
                         self.assertEqual(names, EXPECTED_LIST[who], f"{who}: key list")
                     if allowed and label == "public-gw":
                         self.assertIn("BEGIN PUBLIC KEY", p.stdout)
+                    if allowed and label == "psk-kpsa":
+                        self.assertEqual(p.stdout.strip(), self.kpsa_hex)  # the value imported
                     if allowed and label == "csr-gw":
                         self.assertIn("BEGIN CERTIFICATE REQUEST", p.stdout)
                     if allowed and label == "audit":
@@ -352,8 +361,7 @@ class PolicyMatrixTest(unittest.TestCase):
         self.assertTrue(p.stdout.decode().startswith("allowed: "), p.stdout)
 
     def test_policy_check_psk_release(self):
-        """psk.release has no wire operation yet; `policy check --help` names
-        it as an example --op, and the grant is in the file."""
+        """`policy check` explains a psk.release decision by its rule."""
         gw = self.ids["gw"][0]
         p = self.daemon.cli("policy", "check", "--uid", str(gw), "--op", "psk.release", "--key", KPSA_ID, "--json")
         self.assertEqual(p.returncode, 0, f"policy check --op psk.release: {p.stderr.decode()}")

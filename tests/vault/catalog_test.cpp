@@ -693,14 +693,71 @@ TEST_F(CatalogTest, SchemaOneCatalogIsUpgradedInPlace) {
   auto catalog = Catalog::open(path_);  // opening an upgraded catalog again changes nothing
   EXPECT_EQ(catalog->find("AAECAwQFBgcICQoLDA0ODw==@mymaf.provider.org")->peer, "CAE-device-42");
   EXPECT_EQ(catalog->count(), 2u);
+  // Version 3's usage counters: an old key has no limit.
+  EXPECT_FALSE(catalog->find("AE1-Lock@in.provider.com")->max_uses);
+  EXPECT_FALSE(catalog->consume_use(catalog->find("AE1-Lock@in.provider.com")->row));
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
   sqlite3_stmt* version = nullptr;
   sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &version, nullptr);
   ASSERT_EQ(sqlite3_step(version), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(version, 0), 2);
+  EXPECT_EQ(sqlite3_column_int(version, 0), 3);
   sqlite3_finalize(version);
   sqlite3_close(db);
+}
+
+TEST_F(CatalogTest, UsesAreCountedUpToTheLimitAndSurviveReopening) {
+  {
+    auto catalog = Catalog::open(path_);
+    KeyRecord limited = kpsa("AE1-Lock@in.provider.com");
+    limited.max_uses = 2;
+    const std::int64_t row = catalog->insert(limited).row;
+    EXPECT_EQ(catalog->consume_use(row), 1);
+    EXPECT_EQ(catalog->find("AE1-Lock@in.provider.com")->uses, 1);
+  }
+  auto catalog = Catalog::open(path_);
+  const KeyRecord reopened = *catalog->find("AE1-Lock@in.provider.com");
+  EXPECT_EQ(reopened.max_uses, 2);
+  EXPECT_EQ(catalog->consume_use(reopened.row), 2);
+  EXPECT_FALSE(catalog->consume_use(reopened.row));  // the limit is reached
+  EXPECT_EQ(catalog->find("AE1-Lock@in.provider.com")->uses, 2);
+}
+
+TEST_F(CatalogTest, ABatchGoesInWholeOrNotAtAll) {
+  auto catalog = Catalog::open(path_);
+  catalog->insert(kpsa("AE1-Lock@in.provider.com"));
+  std::vector<KeyRecord> batch{kpsa("AE2-Lock@in.provider.com"), kpsa("AE1-Lock@IN.provider.com"),
+                               kpsa("AE3-Lock@in.provider.com"), kpsa("AE2-Lock@in.provider.com")};
+  KeyRecord unnamed = kpsa("x");
+  unnamed.identifier.reset();
+  batch.push_back(unnamed);
+  auto problems = catalog->insert_pending_batch(batch);
+  // Each bad record is named: a clash with a key, a clash inside the batch,
+  // and a record with neither name nor identifier.
+  ASSERT_EQ(problems.size(), 3u);
+  EXPECT_EQ(problems[0].index, 1u);
+  EXPECT_EQ(problems[1].index, 3u);
+  EXPECT_EQ(problems[2].index, 4u);
+  EXPECT_FALSE(catalog->find("AE2-Lock@in.provider.com"));
+  EXPECT_EQ(catalog->count(), 1u);
+
+  std::vector<KeyRecord> good{kpsa("AE2-Lock@in.provider.com"), kpsa("AE3-Lock@in.provider.com")};
+  ASSERT_TRUE(catalog->insert_pending_batch(good).empty());
+  // Staged rows reserve their names but are not keys yet.
+  EXPECT_FALSE(catalog->find("AE2-Lock@in.provider.com"));
+  auto clash = kpsa("AE3-Lock@in.provider.com");
+  EXPECT_THROW(catalog->insert(clash), Error);
+  EXPECT_EQ(catalog->pending().size(), 2u);
+  catalog->activate_batch({good[0].row, good[1].row});
+  EXPECT_TRUE(catalog->find("AE2-Lock@in.provider.com"));
+  EXPECT_EQ(catalog->count(), 3u);
+
+  std::vector<KeyRecord> dropped{kpsa("AE4-Lock@in.provider.com")};
+  ASSERT_TRUE(catalog->insert_pending_batch(dropped).empty());
+  catalog->remove_batch({dropped[0].row});
+  EXPECT_TRUE(catalog->pending().empty());
+  auto again = kpsa("AE4-Lock@in.provider.com");
+  EXPECT_NO_THROW(catalog->insert(again));  // the name is free again
 }
 
 }  // namespace
