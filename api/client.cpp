@@ -96,6 +96,13 @@ Client::Client(const std::filesystem::path& socket_path, std::chrono::millisecon
 
 Client::~Client() {
   if (fd_ >= 0) ::close(fd_);
+  wipe_buffer();
+}
+
+// A frame may carry a key on its way in (key.import) or out (psk.release):
+// it does not outlive its use. (The parsed JSON is the caller's to wipe.)
+void Client::wipe_buffer() noexcept {
+  if (!buffer_.empty()) ::explicit_bzero(buffer_.data(), buffer_.size());
 }
 
 Client::Client(Client&& other) noexcept
@@ -180,6 +187,7 @@ std::uint64_t Client::send(std::string_view op, const nlohmann::json& params) {
   buffer_[2] = static_cast<char>(n >> 8);
   buffer_[3] = static_cast<char>(n);
   send_raw(buffer_);
+  wipe_buffer();
   ++next_id_;
   return id;
 }
@@ -211,6 +219,7 @@ nlohmann::json Client::receive() {
   buffer_.resize(n);
   read_exact(buffer_.data(), n);
   auto message = nlohmann::json::parse(buffer_, nullptr, /*allow_exceptions=*/false);
+  wipe_buffer();
   if (!message.is_object()) fail("m2mvaultd sent a response that is not a JSON object");
   return message;
 }

@@ -47,6 +47,7 @@ class Client {
   // Closes the connection (a broken stream cannot be resynchronized) and
   // throws Error(backend_unavailable) naming the socket.
   [[noreturn]] void fail(const std::string& what);
+  void wipe_buffer() noexcept;
 
   int fd_ = -1;
   std::uint64_t next_id_ = 1;
