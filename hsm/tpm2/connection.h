@@ -1,0 +1,76 @@
+// One connection to a TPM: the TCTI, the ESAPI context on it, and the
+// housekeeping done when it opens. Not thread-safe: Tpm2 serializes use.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "hsm/tpm2/tss.h"
+
+namespace m2mvault::hsm::tpm2 {
+
+// A loaded TPM object or session, flushed from the TPM when destroyed.
+class LoadedHandle {
+ public:
+  LoadedHandle() = default;
+  LoadedHandle(ESYS_CONTEXT* esys, ESYS_TR handle) noexcept : esys_(esys), handle_(handle) {}
+  LoadedHandle(LoadedHandle&& other) noexcept;
+  LoadedHandle& operator=(LoadedHandle&& other) noexcept;
+  LoadedHandle(const LoadedHandle&) = delete;
+  LoadedHandle& operator=(const LoadedHandle&) = delete;
+  ~LoadedHandle() { flush(); }
+
+  ESYS_TR get() const noexcept { return handle_; }
+  explicit operator bool() const noexcept { return handle_ != ESYS_TR_NONE; }
+
+  // TPM2_FlushContext; errors are ignored (the object may be gone already).
+  void flush() noexcept;
+  // Forgets the handle without a TPM command, for a connection about to be
+  // dropped: after a TPM reset it names nothing, and Esys_Finalize frees the
+  // ESAPI's record of it.
+  void abandon() noexcept;
+
+ private:
+  ESYS_CONTEXT* esys_ = nullptr;
+  ESYS_TR handle_ = ESYS_TR_NONE;
+};
+
+class Connection {
+ public:
+  // Opens the TCTI named by `tcti` ("device:/dev/tpmrm0", "swtpm:port=N",
+  // "swtpm:host=H,port=N", anything Tss2_TctiLdr_Initialize accepts) and an
+  // ESAPI context on it. Throws TpmError(unavailable).
+  explicit Connection(const std::string& tcti);
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+  ~Connection();
+
+  ESYS_CONTEXT* esys() const noexcept { return esys_.get(); }
+
+  // TPM2_Startup(CLEAR) for a TPM that was reset and not started again (a
+  // bare simulator); TPM_RC_INITIALIZE (already started) is success.
+  void startup();
+
+  // Flushes every transient object, loaded session and saved session the
+  // TPM holds: a process killed without cleaning up leaves them, and
+  // without a resource manager they fill the TPM's few slots. Returns how
+  // many were flushed. Only for a TPM this process uses exclusively.
+  std::size_t flush_everything();
+
+  // TPM2_GetCapability(TPM_CAP_HANDLES) from `first` within its handle range.
+  std::vector<TPM2_HANDLE> handles(TPM2_HANDLE first);
+
+  // A fixed TPM property (TPM2_CAP_TPM_PROPERTIES), e.g. TPM2_PT_HR_TRANSIENT_MIN.
+  std::uint32_t fixed_property(TPM2_PT property);
+
+ private:
+  TctiPtr tcti_;
+  EsysContextPtr esys_;
+};
+
+// True when `tcti` names a resource manager (the kernel's /dev/tpmrm*, or
+// tpm2-abrmd), which gives each connection its own object space.
+bool is_resource_manager(const std::string& tcti);
+
+}  // namespace m2mvault::hsm::tpm2

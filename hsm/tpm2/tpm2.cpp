@@ -1,0 +1,464 @@
+#include "hsm/tpm2/tpm2.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "hsm/tpm2/connection.h"
+#include "hsm/tpm2/object_cache.h"
+#include "hsm/tpm2/public_key.h"
+#include "hsm/tpm2/templates.h"
+
+namespace m2mvault::hsm::tpm2 {
+
+// What one connection holds in the TPM; replaced as a whole after a reset.
+// Members go in reverse: cached objects, session, primary, then the TCTI.
+struct Tpm2::Link {
+  explicit Link(const std::string& tcti) : connection(tcti) {}
+
+  Connection connection;
+  LoadedHandle primary;
+  LoadedHandle session;
+  std::unique_ptr<ObjectCache> cache;
+
+  ESYS_CONTEXT* esys() const noexcept { return connection.esys(); }
+
+  // For a connection that is gone: nothing is flushed, Esys_Finalize frees
+  // the ESAPI's records.
+  void abandon() noexcept {
+    if (cache) cache->abandon_all();
+    session.abandon();
+    primary.abandon();
+  }
+};
+
+namespace {
+
+// SHA-256's block size: the longest HMAC key a TPM object holds as is.
+constexpr std::size_t kHmacBlockSize = 64;
+
+void check_size(std::span<const std::uint8_t> bytes, std::size_t max, const char* what) {
+  if (bytes.empty() || bytes.size() > max) {
+    throw Error(Failure::invalid_argument, std::string(what) + " must be 1.." +
+                                               std::to_string(max) + " bytes, not " +
+                                               std::to_string(bytes.size()));
+  }
+}
+
+void parse(std::span<const std::uint8_t> bytes, KeyBlob& blob) {
+  parse_blob(bytes, blob);
+}
+
+Hmac software_hmac(std::span<const std::uint8_t> key, std::span<const std::uint8_t> data) {
+  Hmac out{};
+  unsigned int size = 0;
+  if (!HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), data.data(), data.size(),
+            out.data(), &size) ||
+      size != out.size()) {
+    throw Error(Failure::internal, "HMAC-SHA-256 failed");
+  }
+  return out;
+}
+
+std::string four_chars(std::uint32_t value) {
+  std::string out;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    const char c = static_cast<char>((value >> shift) & 0xFF);
+    if (c != '\0') out.push_back(c);
+  }
+  return out;
+}
+
+}  // namespace
+
+Tpm2::Tpm2(Config config) : config_(std::move(config)) {
+  std::lock_guard lock(mutex_);
+  connect();
+}
+
+Tpm2::~Tpm2() {
+  std::lock_guard lock(mutex_);
+  link_.reset();
+}
+
+std::string Tpm2::model() const {
+  std::lock_guard lock(mutex_);
+  return model_;
+}
+
+Stats Tpm2::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+// Runs `operation` on the live link. When the TPM has lost what this process
+// loaded (reset, restart, dropped connection), reconnects — re-creating the
+// primary and the session, with an empty object cache — and runs it once more.
+template <typename Operation>
+auto Tpm2::run(Operation&& operation) {
+  std::lock_guard lock(mutex_);
+  for (int attempt = 0;; ++attempt) {
+    try {
+      if (!link_) {
+        connect();
+        ++stats_.reconnects;
+      }
+      return operation(*link_);
+    } catch (const TpmError& error) {
+      if (attempt > 0 || !is_lost_state(error.rc())) throw;
+      drop_link();
+    }
+  }
+}
+
+void Tpm2::drop_link() noexcept {
+  if (!link_) return;
+  link_->abandon();
+  link_.reset();
+}
+
+void Tpm2::connect() {
+  auto link = std::make_unique<Link>(config_.tcti);
+  Connection& connection = link->connection;
+  stats_.flushed_at_start = 0;
+  if (!is_resource_manager(config_.tcti)) {
+    connection.startup();
+    stats_.flushed_at_start = connection.flush_everything();
+  }
+
+  std::size_t capacity = config_.max_loaded_objects;
+  if (capacity == 0) {
+    const std::uint32_t slots = connection.fixed_property(TPM2_PT_HR_TRANSIENT_MIN);
+    capacity = slots > 2 ? slots - 1 : 1;
+  }
+  link->cache = std::make_unique<ObjectCache>(capacity);
+  stats_.loaded_capacity = capacity;
+
+  if (model_.empty()) {
+    model_ = four_chars(connection.fixed_property(TPM2_PT_MANUFACTURER));
+    std::string vendor;
+    for (TPM2_PT pt = TPM2_PT_VENDOR_STRING_1; pt <= TPM2_PT_VENDOR_STRING_4; ++pt) {
+      vendor += four_chars(connection.fixed_property(pt));
+    }
+    if (!vendor.empty()) model_ += " " + vendor;
+  }
+
+  // The primary: the same key every time from the owner seed and the template.
+  const TPM2B_SENSITIVE_CREATE no_sensitive{};
+  const TPM2B_PUBLIC primary_public = primary_template();
+  const TPM2B_DATA outside_info{};
+  const TPML_PCR_SELECTION no_pcrs{};
+  ESYS_TR primary = ESYS_TR_NONE;
+  TPM2B_PUBLIC* out_public = nullptr;
+  TPM2B_CREATION_DATA* creation_data = nullptr;
+  TPM2B_DIGEST* creation_hash = nullptr;
+  TPMT_TK_CREATION* creation_ticket = nullptr;
+  TSS2_RC rc =
+      Esys_CreatePrimary(link->esys(), ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                         ESYS_TR_NONE, &no_sensitive, &primary_public, &outside_info, &no_pcrs,
+                         &primary, &out_public, &creation_data, &creation_hash, &creation_ticket);
+  Esys_Free(out_public);
+  Esys_Free(creation_data);
+  Esys_Free(creation_hash);
+  Esys_Free(creation_ticket);
+  check(rc, "TPM2_CreatePrimary (owner hierarchy)",
+        tpm_error_number(rc) == TPM2_RC_OBJECT_MEMORY ? Failure::unavailable : failure_of(rc));
+  link->primary = LoadedHandle(link->esys(), primary);
+
+  // The salted session: its salt is encrypted to the primary, so only this
+  // TPM and this process know the session key that encrypts parameters.
+  const TPMT_SYM_DEF aes_cfb{
+      .algorithm = TPM2_ALG_AES, .keyBits = {.aes = 128}, .mode = {.aes = TPM2_ALG_CFB}};
+  ESYS_TR session = ESYS_TR_NONE;
+  rc = Esys_StartAuthSession(link->esys(), primary, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                             ESYS_TR_NONE, nullptr, TPM2_SE_HMAC, &aes_cfb, TPM2_ALG_SHA256,
+                             &session);
+  check(rc, "TPM2_StartAuthSession (salted)");
+  link->session = LoadedHandle(link->esys(), session);
+  check(Esys_TRSess_SetAttributes(link->esys(), session, TPMA_SESSION_CONTINUESESSION, 0xFF),
+        "Esys_TRSess_SetAttributes");
+  link_ = std::move(link);
+}
+
+void Tpm2::use_session(Link& link, bool encrypt_command, bool encrypt_response) {
+  TPMA_SESSION attributes = TPMA_SESSION_CONTINUESESSION;
+  if (encrypt_command) attributes |= TPMA_SESSION_DECRYPT;
+  if (encrypt_response) attributes |= TPMA_SESSION_ENCRYPT;
+  check(Esys_TRSess_SetAttributes(link.esys(), link.session.get(), attributes, 0xFF),
+        "Esys_TRSess_SetAttributes");
+}
+
+void Tpm2::make_room(Link& link) {
+  while (link.cache->full() && link.cache->evict_one()) ++stats_.evictions;
+}
+
+ESYS_TR Tpm2::load(Link& link, const KeyBlob& blob) {
+  if (const ESYS_TR loaded = link.cache->find(blob.digest); loaded != ESYS_TR_NONE) return loaded;
+  make_room(link);
+  for (;;) {
+    // The primary's auth is empty and the private area is already encrypted:
+    // a password session carries nothing secret and costs no session hashes.
+    ESYS_TR object = ESYS_TR_NONE;
+    const TSS2_RC rc = Esys_Load(link.esys(), link.primary.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                 ESYS_TR_NONE, &blob.private_area, &blob.public_area, &object);
+    if (rc == TSS2_RC_SUCCESS) {
+      ++stats_.loads;
+      LoadedHandle handle(link.esys(), object);
+      check(Esys_TR_SetAuth(link.esys(), object, blob.auth.ptr()), "Esys_TR_SetAuth");
+      return link.cache->insert(blob.digest, std::move(handle));
+    }
+    // Someone else's object holds a slot we counted on: give up one of ours.
+    if (tpm_error_number(rc) == TPM2_RC_OBJECT_MEMORY && link.cache->evict_one()) {
+      ++stats_.evictions;
+      continue;
+    }
+    if (tpm_error_number(rc) == TPM2_RC_INTEGRITY) {
+      fail(rc, "TPM2_Load: the blob was not made by this TPM under the vault's primary key",
+           Failure::not_found);
+    }
+    fail(rc, "TPM2_Load", failure_of(rc));
+  }
+}
+
+Bytes Tpm2::create(Link& link, const TPM2B_PUBLIC& object_template,
+                   std::span<const std::uint8_t> secret) {
+  Wiped<TPM2B_SENSITIVE_CREATE> sensitive;
+  sensitive->sensitive.userAuth.size = kAuthSize;
+  if (RAND_bytes(sensitive->sensitive.userAuth.buffer, kAuthSize) != 1) {
+    throw Error(Failure::internal, "RAND_bytes failed");
+  }
+  sensitive->sensitive.data.size = static_cast<UINT16>(secret.size());
+  std::copy(secret.begin(), secret.end(), sensitive->sensitive.data.buffer);
+
+  const TPM2B_DATA outside_info{};
+  const TPML_PCR_SELECTION no_pcrs{};
+  make_room(link);  // TPM2_Create holds the new object in a slot while it works
+  use_session(link, true, false);
+  for (;;) {
+    TPM2B_PRIVATE* out_private = nullptr;
+    TPM2B_PUBLIC* out_public = nullptr;
+    TPM2B_CREATION_DATA* creation_data = nullptr;
+    TPM2B_DIGEST* creation_hash = nullptr;
+    TPMT_TK_CREATION* creation_ticket = nullptr;
+    const TSS2_RC rc =
+        Esys_Create(link.esys(), link.primary.get(), link.session.get(), ESYS_TR_NONE, ESYS_TR_NONE,
+                    sensitive.ptr(), &object_template, &outside_info, &no_pcrs, &out_private,
+                    &out_public, &creation_data, &creation_hash, &creation_ticket);
+    const EsysPtr<TPM2B_PRIVATE> private_area(out_private);
+    const EsysPtr<TPM2B_PUBLIC> public_area(out_public);
+    Esys_Free(creation_data);
+    Esys_Free(creation_hash);
+    Esys_Free(creation_ticket);
+    if (rc == TSS2_RC_SUCCESS) {
+      return serialize_blob(sensitive->sensitive.userAuth, *public_area, *private_area);
+    }
+    if (tpm_error_number(rc) == TPM2_RC_OBJECT_MEMORY && link.cache->evict_one()) {
+      ++stats_.evictions;
+      continue;
+    }
+    fail(rc, "TPM2_Create", failure_of(rc));
+  }
+}
+
+SecureBuffer Tpm2::tpm_hmac(Link& link, const KeyBlob& key, std::span<const std::uint8_t> data) {
+  if (data.size() > kMaxHmacInput) {
+    throw Error(Failure::invalid_argument, "HMAC input is " + std::to_string(data.size()) +
+                                               " bytes, more than " +
+                                               std::to_string(kMaxHmacInput));
+  }
+  const ESYS_TR object = load(link, key);
+  TPM2B_MAX_BUFFER input{};
+  input.size = static_cast<UINT16>(data.size());
+  std::copy(data.begin(), data.end(), input.buffer);
+  // The result may be a derived key: it comes back encrypted.
+  use_session(link, false, true);
+  TPM2B_DIGEST* raw = nullptr;
+  const TSS2_RC rc = Esys_HMAC(link.esys(), object, link.session.get(), ESYS_TR_NONE, ESYS_TR_NONE,
+                               &input, TPM2_ALG_SHA256, &raw);
+  const EsysSecretPtr<TPM2B_DIGEST> out(raw);
+  check(rc, "TPM2_HMAC");
+  if (out->size != sizeof(Hmac)) throw Error(Failure::internal, "TPM2_HMAC returned a short MAC");
+  return SecureBuffer::copy_of(std::span(out->buffer, out->size));
+}
+
+// --- sealed data ------------------------------------------------------------
+
+Bytes Tpm2::seal(std::span<const std::uint8_t> secret) {
+  check_size(secret, kMaxSecretSize, "a sealed secret");
+  return run([&](Link& link) { return create(link, sealed_data_template(), secret); });
+}
+
+Tpm2::SealedWithMac Tpm2::seal_with_mac(std::span<const std::uint8_t> secret,
+                                        std::span<const std::uint8_t> mac_data) {
+  check_size(secret, kMaxSecretSize, "a sealed secret");
+  SealedWithMac out{};
+  out.mac = software_hmac(secret, mac_data);
+  out.blob = seal(secret);
+  return out;
+}
+
+SecureBuffer Tpm2::unseal(std::span<const std::uint8_t> blob) {
+  KeyBlob parsed;
+  parse(blob, parsed);
+  return run([&](Link& link) {
+    const ESYS_TR object = load(link, parsed);
+    use_session(link, false, true);
+    TPM2B_SENSITIVE_DATA* raw = nullptr;
+    const TSS2_RC rc =
+        Esys_Unseal(link.esys(), object, link.session.get(), ESYS_TR_NONE, ESYS_TR_NONE, &raw);
+    const EsysSecretPtr<TPM2B_SENSITIVE_DATA> out(raw);
+    check(rc, "TPM2_Unseal");
+    return SecureBuffer::copy_of(std::span(out->buffer, out->size));
+  });
+}
+
+// --- HMAC keys ----------------------------------------------------------------
+
+Bytes Tpm2::create_hmac_key(std::span<const std::uint8_t> key) {
+  check_size(key, kMaxSecretSize, "an HMAC key");
+  if (key.size() <= kHmacBlockSize) {
+    return run([&](Link& link) { return create(link, hmac_key_template(false), key); });
+  }
+  // The TPM takes keys up to the hash's block size (TPM_RC_SIZE above);
+  // HMAC itself replaces a longer key by its hash (RFC 2104), so store that.
+  SecureBuffer hashed(32);
+  unsigned int size = 0;
+  if (EVP_Digest(key.data(), key.size(), hashed.data(), &size, EVP_sha256(), nullptr) != 1) {
+    throw Error(Failure::internal, "SHA-256 failed");
+  }
+  return run([&](Link& link) { return create(link, hmac_key_template(false), hashed.span()); });
+}
+
+Bytes Tpm2::generate_hmac_key() {
+  return run([&](Link& link) {
+    return create(link, hmac_key_template(true), std::span<const std::uint8_t>());
+  });
+}
+
+Hmac Tpm2::hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_t> data) {
+  KeyBlob parsed;
+  parse(key, parsed);
+  const SecureBuffer mac = run([&](Link& link) { return tpm_hmac(link, parsed, data); });
+  Hmac out{};
+  std::copy(mac.data(), mac.data() + mac.size(), out.begin());
+  return out;
+}
+
+// --- derivations ----------------------------------------------------------------
+
+Bytes Tpm2::derive_sealed(std::span<const std::uint8_t> parent,
+                          std::span<const std::uint8_t> data) {
+  KeyBlob parsed;
+  parse(parent, parsed);
+  return run([&](Link& link) {
+    const SecureBuffer derived = tpm_hmac(link, parsed, data);
+    return create(link, sealed_data_template(), derived.span());
+  });
+}
+
+Tpm2::SealedWithMac Tpm2::derive_sealed_with_mac(std::span<const std::uint8_t> parent,
+                                                 std::span<const std::uint8_t> data,
+                                                 std::span<const std::uint8_t> mac_data) {
+  KeyBlob parsed;
+  parse(parent, parsed);
+  return run([&](Link& link) {
+    const SecureBuffer derived = tpm_hmac(link, parsed, data);
+    SealedWithMac out{};
+    out.mac = software_hmac(derived.span(), mac_data);
+    out.blob = create(link, sealed_data_template(), derived.span());
+    return out;
+  });
+}
+
+Bytes Tpm2::derive_hmac_key(std::span<const std::uint8_t> parent,
+                            std::span<const std::uint8_t> data) {
+  KeyBlob parsed;
+  parse(parent, parsed);
+  return run([&](Link& link) {
+    const SecureBuffer derived = tpm_hmac(link, parsed, data);
+    return create(link, hmac_key_template(false), derived.span());
+  });
+}
+
+// --- signing keys ---------------------------------------------------------------
+
+Tpm2::SigningKey Tpm2::generate_signing_key() {
+  SigningKey out{};
+  out.blob = run([&](Link& link) {
+    return create(link, ecc_signing_template(), std::span<const std::uint8_t>());
+  });
+  out.public_key = signing_public_key(out.blob);
+  return out;
+}
+
+Bytes Tpm2::sign_digest(std::span<const std::uint8_t> key, DigestAlgorithm algorithm,
+                        std::span<const std::uint8_t> digest) {
+  const bool sha384 = algorithm == DigestAlgorithm::sha384;
+  const std::size_t expected = sha384 ? 48 : 32;
+  if (digest.size() != expected) {
+    throw Error(Failure::invalid_argument, std::string("a ") + (sha384 ? "SHA-384" : "SHA-256") +
+                                               " digest is " + std::to_string(expected) +
+                                               " bytes, not " + std::to_string(digest.size()));
+  }
+  KeyBlob parsed;
+  parse(key, parsed);
+  TPM2B_DIGEST input{};
+  input.size = static_cast<UINT16>(digest.size());
+  std::copy(digest.begin(), digest.end(), input.buffer);
+  TPMT_SIG_SCHEME scheme{};
+  scheme.scheme = TPM2_ALG_ECDSA;
+  scheme.details.ecdsa.hashAlg = sha384 ? TPM2_ALG_SHA384 : TPM2_ALG_SHA256;
+  // A NULL ticket: the key is not restricted, so the TPM signs any digest.
+  TPMT_TK_HASHCHECK validation{};
+  validation.tag = TPM2_ST_HASHCHECK;
+  validation.hierarchy = TPM2_RH_NULL;
+
+  return run([&](Link& link) {
+    const ESYS_TR object = load(link, parsed);
+    ESYS_TR authorization = ESYS_TR_PASSWORD;
+    if (!config_.password_auth_for_signing) {
+      use_session(link, false, false);
+      authorization = link.session.get();
+    }
+    TPMT_SIGNATURE* raw = nullptr;
+    const TSS2_RC rc = Esys_Sign(link.esys(), object, authorization, ESYS_TR_NONE, ESYS_TR_NONE,
+                                 &input, &scheme, &validation, &raw);
+    const EsysPtr<TPMT_SIGNATURE> signature(raw);
+    check(rc, "TPM2_Sign");
+    if (signature->sigAlg != TPM2_ALG_ECDSA) {
+      throw Error(Failure::internal, "TPM2_Sign returned a non-ECDSA signature");
+    }
+    return ecdsa_der(signature->signature.ecdsa);
+  });
+}
+
+// --- blobs ------------------------------------------------------------------------
+
+ObjectKind blob_kind(std::span<const std::uint8_t> blob) {
+  KeyBlob parsed;
+  parse_blob(blob, parsed);
+  return parsed.kind;
+}
+
+Bytes blob_name(std::span<const std::uint8_t> blob) {
+  KeyBlob parsed;
+  parse_blob(blob, parsed);
+  return object_name(parsed.public_area.publicArea);
+}
+
+Bytes signing_public_key(std::span<const std::uint8_t> blob) {
+  KeyBlob parsed;
+  parse_blob(blob, parsed);
+  if (parsed.kind != ObjectKind::signing_key) {
+    throw Error(Failure::invalid_argument,
+                std::string("the blob holds ") + to_string(parsed.kind) + ", not a signing key");
+  }
+  return ecc_spki(parsed.public_area.publicArea);
+}
+
+}  // namespace m2mvault::hsm::tpm2

@@ -1,0 +1,182 @@
+// The TPM 2.0 core the tpm2 SecureElement backend sits on (docs/TPM2.md).
+//
+// Every key is a TPM object under the vault's primary storage key, kept by
+// the caller as one opaque blob (key_blob.h: the object's auth value, its
+// TPM2B_PUBLIC and its TPM2B_PRIVATE, which only this TPM can load). Nothing
+// is stored in the TPM: the primary is re-created from the owner hierarchy's
+// seed, so a daemon restart or a TPM reset loses no key.
+//
+// Three kinds of object, each usable for one thing only (the TPM enforces
+// it: TPM2_Unseal of an HMAC key fails TPM_RC_ATTRIBUTES, TPM2_HMAC with
+// sealed data TPM_RC_KEY):
+//  - sealed data (Kpsa, Kpm, Km, Kc, pairwiseE2EKey): seal(), unseal();
+//  - HMAC-SHA-256 keys (Ke): create_hmac_key(), generate_hmac_key(),
+//    hmac_sha256(), and the derivations into new objects;
+//  - ECC P-256 signing keys: generate_signing_key(), sign_digest().
+//
+// Sensitive values travel to and from the TPM only through a salted HMAC
+// session with AES-128-CFB parameter encryption. All methods are
+// thread-safe: one mutex serializes every use of the TPM connection (the
+// TPM itself runs one command at a time). All failures throw hsm::Error
+// (TpmError, carrying the TPM return code, when the TPM or TSS refused).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+
+#include "hsm/secure_buffer.h"
+#include "hsm/secure_element.h"
+#include "hsm/tpm2/key_blob.h"
+#include "hsm/tpm2/tss.h"
+
+namespace m2mvault::hsm::tpm2 {
+
+inline constexpr const char* kDefaultTcti = "device:/dev/tpmrm0";
+// Largest sealed secret and HMAC key a TPM takes (MAX_SYM_DATA of the
+// reference implementation and of swtpm).
+inline constexpr std::size_t kMaxSecretSize = 128;
+// Largest input of one TPM2_HMAC (MAX_DIGEST_BUFFER).
+inline constexpr std::size_t kMaxHmacInput = 1024;
+
+struct Config {
+  // Any Tss2_TctiLdr configuration: "device:/dev/tpmrm0" (the kernel's
+  // resource manager), "swtpm:port=N", "swtpm:host=127.0.0.1,port=N".
+  std::string tcti = kDefaultTcti;
+  // Objects kept loaded besides the primary. 0: the TPM's guaranteed
+  // transient slots (TPM_PT_HR_TRANSIENT_MIN) minus the primary's.
+  std::size_t max_loaded_objects = 0;
+  // TPM2_Sign authorized by the key's auth value as a password (sent to the
+  // TPM in the clear) instead of through the salted HMAC session. tpm2-tss
+  // 3.2 makes a fresh OpenSSL library context for every hash a session
+  // computes, which costs ~1 ms apiece; a password costs none. Sign carries
+  // no secret parameter either way. docs/TPM2.md has the numbers.
+  bool password_auth_for_signing = false;
+};
+
+enum class DigestAlgorithm { sha256, sha384 };
+
+// Counters for tests and benchmarks.
+struct Stats {
+  std::uint64_t loads = 0;           // TPM2_Load commands
+  std::uint64_t evictions = 0;       // objects flushed to make room
+  std::uint64_t reconnects = 0;      // connections re-made after a reset or a drop
+  std::size_t flushed_at_start = 0;  // leftovers flushed when the last connection opened
+  std::size_t loaded_capacity = 0;   // objects kept loaded besides the primary
+};
+
+class Tpm2 {
+ public:
+  // Connects, starts the TPM if it was not (a bare simulator), flushes every
+  // transient object and session when the TCTI is not a resource manager
+  // (the vault then needs the TPM to itself), re-creates the primary and
+  // starts the salted session. Throws Error(unavailable) when the TPM
+  // cannot be reached.
+  explicit Tpm2(Config config);
+  Tpm2(const Tpm2&) = delete;
+  Tpm2& operator=(const Tpm2&) = delete;
+  // Flushes what it loaded (objects, session, primary).
+  ~Tpm2();
+
+  const std::string& tcti() const noexcept { return config_.tcti; }
+  // Manufacturer and vendor strings, e.g. "IBM SW   TPM".
+  std::string model() const;
+  Stats stats() const;
+
+  // --- sealed data (PSK kinds) --------------------------------------------
+
+  // Seals `secret` (1..kMaxSecretSize bytes) into a new object.
+  Bytes seal(std::span<const std::uint8_t> secret);
+
+  // As seal(), also returning HMAC-SHA-256(secret, mac_data), computed in
+  // software from the caller's copy before it is sealed: a new key's check
+  // value costs no unseal.
+  struct SealedWithMac {
+    Bytes blob;
+    Hmac mac;
+  };
+  SealedWithMac seal_with_mac(std::span<const std::uint8_t> secret,
+                              std::span<const std::uint8_t> mac_data);
+
+  // TPM2_Unseal: the sealed bytes, for a handshake or an audited release.
+  SecureBuffer unseal(std::span<const std::uint8_t> blob);
+
+  // --- HMAC keys (Ke) -----------------------------------------------------
+
+  // A new HMAC-SHA-256 key holding `key` (1..kMaxSecretSize bytes). As in
+  // HMAC itself, a key shorter than 64 bytes is zero-padded and a longer one
+  // is replaced by its SHA-256 (done here: the TPM takes at most 64 bytes).
+  Bytes create_hmac_key(std::span<const std::uint8_t> key);
+  // A new HMAC-SHA-256 key of 32 bytes drawn by the TPM.
+  Bytes generate_hmac_key();
+
+  // TPM2_HMAC with an HMAC key over `data` (at most kMaxHmacInput bytes).
+  Hmac hmac_sha256(std::span<const std::uint8_t> key, std::span<const std::uint8_t> data);
+
+  // --- derivations (TS-0003 10.3) -------------------------------------------
+  // HMAC-SHA-256(parent, data) computed by the TPM, returned through the
+  // encrypting session into a locked buffer, sealed into a new object
+  // through the decrypting session in the same call, then wiped. The value
+  // never crosses this API; it exists in plaintext only inside this process
+  // (in a SecureBuffer and the TSS's command buffers) for that moment.
+
+  Bytes derive_sealed(std::span<const std::uint8_t> parent, std::span<const std::uint8_t> data);
+  // As derive_sealed(), also returning HMAC-SHA-256(derived, mac_data),
+  // computed in software from the derived value before it is wiped.
+  SealedWithMac derive_sealed_with_mac(std::span<const std::uint8_t> parent,
+                                       std::span<const std::uint8_t> data,
+                                       std::span<const std::uint8_t> mac_data);
+  Bytes derive_hmac_key(std::span<const std::uint8_t> parent, std::span<const std::uint8_t> data);
+
+  // --- signing keys ---------------------------------------------------------
+
+  struct SigningKey {
+    Bytes blob;
+    Bytes public_key;  // DER SubjectPublicKeyInfo
+  };
+  // An ECC P-256 key pair generated inside the TPM.
+  SigningKey generate_signing_key();
+
+  // One TPM2_Sign of a digest computed in software (32 bytes for SHA-256,
+  // 48 for SHA-384). Returns the DER ECDSA-Sig-Value.
+  Bytes sign_digest(std::span<const std::uint8_t> key, DigestAlgorithm algorithm,
+                    std::span<const std::uint8_t> digest);
+
+ private:
+  struct Link;
+
+  template <typename Operation>
+  auto run(Operation&& operation);
+  void connect();
+  void drop_link() noexcept;
+
+  ESYS_TR load(Link& link, const KeyBlob& blob);
+  void make_room(Link& link);
+  void use_session(Link& link, bool encrypt_command, bool encrypt_response);
+  Bytes create(Link& link, const TPM2B_PUBLIC& object_template,
+               std::span<const std::uint8_t> secret);
+  SecureBuffer tpm_hmac(Link& link, const KeyBlob& key, std::span<const std::uint8_t> data);
+
+  Config config_;
+  mutable std::mutex mutex_;
+  std::unique_ptr<Link> link_;  // null between a drop and the next reconnect
+  std::string model_;
+  Stats stats_;
+};
+
+// --- blobs, without the TPM ---------------------------------------------------
+
+// The kind of object a blob holds. Throws Error(invalid_argument) for a
+// malformed blob.
+ObjectKind blob_kind(std::span<const std::uint8_t> blob);
+
+// The TPM name of a blob's object (nameAlg || SHA-256 of its public area):
+// a stable, non-secret identifier for logs and the catalog.
+Bytes blob_name(std::span<const std::uint8_t> blob);
+
+// The DER SubjectPublicKeyInfo of a signing key blob.
+Bytes signing_public_key(std::span<const std::uint8_t> blob);
+
+}  // namespace m2mvault::hsm::tpm2

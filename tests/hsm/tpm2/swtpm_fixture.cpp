@@ -1,0 +1,152 @@
+#include "tests/hsm/tpm2/swtpm_fixture.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <random>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+namespace m2mvault::hsm::tpm2::testing {
+namespace {
+
+sockaddr_in loopback(int port) {
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<std::uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return address;
+}
+
+bool port_free(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  const int yes = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  const sockaddr_in address = loopback(port);
+  const bool ok = bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0;
+  close(fd);
+  return ok;
+}
+
+bool accepts(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  const sockaddr_in address = loopback(port);
+  const bool ok = connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0;
+  close(fd);
+  return ok;
+}
+
+}  // namespace
+
+int run_command(const std::string& command) {
+  const int status = std::system(command.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+Swtpm::Swtpm() {
+  std::string pattern = (std::filesystem::temp_directory_path() / "m2mvault-swtpm-XXXXXX").string();
+  if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  state_dir_ = pattern;
+  std::mt19937 random(std::random_device{}());
+  std::uniform_int_distribution<int> pick(10000, 30000);
+  for (int attempt = 0; attempt < 30; ++attempt) {
+    port_ = pick(random) * 2;
+    if (port_free(port_) && port_free(port_ + 1) && try_start()) return;
+  }
+  std::filesystem::remove_all(state_dir_);
+  throw std::runtime_error("cannot start swtpm on a free port");
+}
+
+Swtpm::~Swtpm() {
+  stop();
+  std::error_code ignored;
+  std::filesystem::remove_all(state_dir_, ignored);
+}
+
+std::string Swtpm::tcti() const {
+  return "swtpm:host=127.0.0.1,port=" + std::to_string(port_);
+}
+
+Config Swtpm::config() const {
+  Config config;
+  config.tcti = tcti();
+  return config;
+}
+
+bool Swtpm::try_start() {
+  const std::string state = "dir=" + state_dir_.string();
+  const std::string server = "type=tcp,port=" + std::to_string(port_) + ",bindaddr=127.0.0.1";
+  const std::string control = "type=tcp,port=" + std::to_string(port_ + 1) + ",bindaddr=127.0.0.1";
+  std::vector<std::string> args{"swtpm",
+                                "socket",
+                                "--tpm2",
+                                "--tpmstate",
+                                state,
+                                "--server",
+                                server,
+                                "--ctrl",
+                                control,
+                                "--flags",
+                                "not-need-init,startup-clear"};
+  std::vector<char*> argv;
+  for (auto& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  pid_ = fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    // Goes with the test process, even one killed by a timeout.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    execvp("swtpm", argv.data());
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {  // exited: port taken meanwhile
+      pid_ = -1;
+      return false;
+    }
+    if (accepts(port_ + 1)) {
+      // The control port answers once the TPM is initialized; the server
+      // port comes up at the same time.
+      if (accepts(port_)) return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  stop();
+  return false;
+}
+
+void Swtpm::stop() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGTERM);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+void Swtpm::start() {
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    if (try_start()) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  throw std::runtime_error("cannot restart swtpm on port " + std::to_string(port_));
+}
+
+void Swtpm::init_via_control_channel() {
+  const std::string command =
+      "swtpm_ioctl --tcp 127.0.0.1:" + std::to_string(port_ + 1) + " -i >/dev/null";
+  if (run_command(command) != 0) throw std::runtime_error("swtpm_ioctl -i failed");
+}
+
+}  // namespace m2mvault::hsm::tpm2::testing

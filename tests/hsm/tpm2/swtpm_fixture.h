@@ -1,0 +1,53 @@
+// A private swtpm for one test: TCP server and control ports on loopback,
+// state in a temporary directory, no resource manager in front of it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <string>
+
+#include "hsm/tpm2/tpm2.h"
+
+namespace m2mvault::hsm::tpm2::testing {
+
+class Swtpm {
+ public:
+  // Starts swtpm on a free port pair with a fresh state directory.
+  Swtpm();
+  Swtpm(const Swtpm&) = delete;
+  Swtpm& operator=(const Swtpm&) = delete;
+  // Kills swtpm and removes its state directory.
+  ~Swtpm();
+
+  // "swtpm:host=127.0.0.1,port=P".
+  std::string tcti() const;
+  Config config() const;
+  int port() const noexcept { return port_; }
+  const std::filesystem::path& state_dir() const noexcept { return state_dir_; }
+
+  // Stops the process (SIGTERM, waits), keeping the state directory.
+  void stop();
+  // Starts it again on the same ports with the same state: a TPM reset
+  // followed by TPM2_Startup(CLEAR) (swtpm's startup-clear flag).
+  void start();
+  void restart() {
+    stop();
+    start();
+  }
+  // _TPM_Init through the control channel (swtpm_ioctl -i) while the
+  // process and its TCP connection live: the TPM needs TPM2_Startup again.
+  void init_via_control_channel();
+
+ private:
+  bool try_start();
+
+  std::filesystem::path state_dir_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+// Runs a shell command, returning its exit status.
+int run_command(const std::string& command);
+
+}  // namespace m2mvault::hsm::tpm2::testing
