@@ -115,23 +115,54 @@ std::string dump(const ordered_json& j) {
   return j.dump(-1, ' ', false, ordered_json::error_handler_t::replace);
 }
 
+// A JSON string exactly as dump() writes it: printable ASCII without quotes
+// or backslashes as is (the common case, without nlohmann's allocations),
+// anything else through nlohmann itself, so that verification, which
+// re-dumps each parsed line, always agrees.
+void append_json_string(std::string& out, std::string_view text) {
+  const bool plain = std::all_of(text.begin(), text.end(), [](char c) {
+    return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+  });
+  if (plain) {
+    out += '"';
+    out += text;
+    out += '"';
+  } else {
+    out += dump(ordered_json(std::string(text)));
+  }
+}
+
+// The members of a record between "seq" and "prev"'s value, as dump()
+// writes them: everything of the line that does not depend on the chain,
+// so it is built before the log's lock is taken.
+std::string record_body(const AuditRecord& r) {
+  std::string out;
+  out.reserve(256 + r.exe.size() + r.key.size() + r.key_id.size());
+  out += ",\"time\":\"";
+  out += format_time_ms(r.time_ms);
+  out += "\",\"uid\":" + std::to_string(r.uid);
+  out += ",\"gid\":" + std::to_string(r.gid);
+  out += ",\"pid\":" + std::to_string(r.pid);
+  out += ",\"exe\":";
+  append_json_string(out, r.exe);
+  out += ",\"op\":";
+  append_json_string(out, r.op);
+  out += ",\"key\":";
+  append_json_string(out, r.key);
+  out += ",\"key_id\":";
+  append_json_string(out, r.key_id);
+  out += ",\"result\":";
+  append_json_string(out, r.result);
+  out += ",\"error\":";
+  append_json_string(out, r.error);
+  out += ",\"count\":" + std::to_string(r.count);
+  out += ",\"prev\":\"";
+  return out;
+}
+
 // The record line without its tag: what the tag authenticates.
-std::string canonical_record(const AuditRecord& r, std::uint64_t seq, const Tag& prev) {
-  ordered_json j;
-  j["seq"] = seq;
-  j["time"] = format_time_ms(r.time_ms);
-  j["uid"] = r.uid;
-  j["gid"] = r.gid;
-  j["pid"] = r.pid;
-  j["exe"] = r.exe;
-  j["op"] = r.op;
-  j["key"] = r.key;
-  j["key_id"] = r.key_id;
-  j["result"] = r.result;
-  j["error"] = r.error;
-  j["count"] = r.count;
-  j["prev"] = hex(prev);
-  return dump(j);
+std::string canonical_record(std::uint64_t seq, const std::string& body, const Tag& prev) {
+  return "{\"seq\":" + std::to_string(seq) + body + hex(prev) + "\"}";
 }
 
 // The canonical text with "tag" as its last member: the line append() writes.
@@ -672,11 +703,18 @@ struct AuditLog::State {
     size += line.size();
   }
 
-  AuditCheckpoint append(AuditRecord record, std::unique_lock<std::mutex>& lock) {
+  // `body` is record_body(record) when the caller built it before locking.
+  AuditCheckpoint append(AuditRecord record, std::unique_lock<std::mutex>& lock,
+                         const std::string* body = nullptr) {
     ensure_writable();
-    if (record.time_ms == 0) record.time_ms = now_ms();
+    std::string built;
+    if (!body) {
+      if (record.time_ms == 0) record.time_ms = now_ms();
+      built = record_body(record);
+      body = &built;
+    }
     const std::uint64_t seq = last_seq + 1;
-    auto canonical = canonical_record(record, seq, last_tag);
+    auto canonical = canonical_record(seq, *body, last_tag);
     Tag tag{};
     try {
       tag = chain_tag(mac, last_tag, canonical);
@@ -926,9 +964,11 @@ AuditLog::~AuditLog() {
 }
 
 AuditCheckpoint AuditLog::append(AuditRecord record) {
+  if (record.time_ms == 0) record.time_ms = now_ms();
+  const std::string body = record_body(record);
   std::unique_lock lock(state_->mu);
   state_->write_summaries(record.uid, lock);
-  return state_->append(std::move(record), lock);
+  return state_->append(std::move(record), lock, &body);
 }
 
 void AuditLog::sync() {

@@ -206,8 +206,9 @@ std::filesystem::path audit_path(const Config& config, const std::filesystem::pa
 }
 
 void AuditTrail::write_epoch_record() {
+  if (epoch_written_.load(std::memory_order_acquire)) return;
   std::lock_guard lock(epoch_mutex_);
-  if (epoch_written_) return;
+  if (epoch_written_.load(std::memory_order_relaxed)) return;
   policies::AuditRecord epoch;
   epoch.uid = ::geteuid();
   epoch.gid = ::getegid();
@@ -218,7 +219,7 @@ void AuditTrail::write_epoch_record() {
   epoch.result = "ok";
   epoch.durable = true;
   log_->append(std::move(epoch));
-  epoch_written_ = true;
+  epoch_written_.store(true, std::memory_order_release);
 }
 
 policies::AuditRecord AuditTrail::to_record(const Entry& e) const {

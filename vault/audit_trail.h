@@ -3,6 +3,7 @@
 // dispatcher's RequestAudit interface (docs/THREAT-MODEL.md).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -69,7 +70,7 @@ class AuditTrail final : public RequestAudit {
   void write_epoch_record();
   std::mutex epoch_mutex_;
   std::string epoch_nonce_;
-  bool epoch_written_ = false;
+  std::atomic<bool> epoch_written_{false};  // read without epoch_mutex_ on every record
   std::unique_ptr<policies::AuditLog> log_;
 
   // Checkpoints are stored by a thread of their own: an fdatasync, a

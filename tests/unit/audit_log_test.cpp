@@ -117,6 +117,36 @@ TEST_F(AuditLogTest, FirstRecordStartsTheChainWithZeros) {
             fs::perms::owner_read | fs::perms::owner_write);
 }
 
+TEST_F(AuditLogTest, AwkwardTextIsWrittenAsJsonAndVerifies) {
+  // Names come from clients and /proc: quotes, backslashes, control
+  // characters, non-ASCII and invalid UTF-8 must all give valid JSON lines
+  // that verification, which re-serializes each parsed line, accepts.
+  const std::vector<std::string> texts{"a\"b", "back\\slash", "new\nline\ttab\x01", "caf\xc3\xa9",
+                                       "bad\xff\xfeutf8", "", "\x7f"};
+  {
+    AuditLog log(options(), kMac);
+    for (const auto& text : texts) {
+      AuditRecord r = sign_request();
+      r.exe = text;
+      r.key = text;
+      r.key_id = text;
+      log.append(r);
+    }
+  }
+  auto report = verify();
+  EXPECT_TRUE(report.intact) << report.problem->detail;
+  EXPECT_EQ(report.records, texts.size());
+  auto lines = lines_of(current());
+  ASSERT_EQ(lines.size(), texts.size());
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    auto record = nlohmann::ordered_json::parse(lines[i]);
+    if (i != 4) {  // invalid UTF-8 is replaced
+      EXPECT_EQ(record["key"], texts[i]);
+    }
+  }
+  EXPECT_EQ(nlohmann::ordered_json::parse(lines[4])["exe"], "bad\ufffd\ufffdutf8");
+}
+
 TEST_F(AuditLogTest, ChainContinuesAcrossReopen) {
   auto first = write_records(3, options());
   {
