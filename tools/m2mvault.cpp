@@ -20,6 +20,7 @@
 #include "api/client.h"
 #include "api/encoding.h"
 #include "api/error.h"
+#include "engine/provider/key_reference.h"
 #include "tools/psk_table.h"
 #include "tools/tls_relay.h"
 
@@ -171,6 +172,7 @@ struct Cli {
   void add_key_set_id(CLI::App& key);
   void add_derive(CLI::App& app);
   void add_key_psk(CLI::App& key);
+  void add_key_reference(CLI::App& key);
   void add_psk_table(CLI::App& app);
   void import_psk_rows(m2mvault::tools::PskTable& table);
   void add_max_uses(CLI::App* cmd);
@@ -920,6 +922,43 @@ void Cli::add_key_psk(CLI::App& key) {
   });
 }
 
+void Cli::add_key_reference(CLI::App& key) {
+  auto* cmd = key.add_subcommand(
+      "reference",
+      "Print a key reference file for a signing key: a PEM 'private key' that holds only the "
+      "key's name, for programs that read key files (nginx, curl) once openssl.cnf loads the "
+      "m2mvault provider (docs/PROVIDER.md). Not a secret.");
+  cmd->add_option("key", key_ref, "Signing key name or identifier")->required();
+  cmd->add_option("--out", out_file, "Write to this file instead of standard output");
+  cmd->callback([this] {
+    action = [this] {
+      json k = connect(o).call("key.show", {{"key", key_ref}});
+      if (k.value("kind", "") != "signing") {
+        throw Error(ErrorCode::invalid_argument,
+                    fmt::format("'{}' is a {} key; references are for signing keys", key_ref,
+                                text_or_dash(k, "kind")));
+      }
+      auto type = m2mvault::provider::key_type_for_algorithm(k.value("algorithm", ""));
+      if (!type) {
+        throw Error(ErrorCode::unsupported,
+                    fmt::format("the provider cannot use '{}' keys", text_or_dash(k, "algorithm")));
+      }
+      // The name, not the identifier: what key.show answered is canonical.
+      const std::string pem =
+          m2mvault::provider::encode_key_reference_pem({k.at("name").get<std::string>(), *type});
+      if (out_file.empty()) {
+        fmt::print("{}", pem);
+        return;
+      }
+      std::ofstream out(out_file, std::ios::binary | std::ios::trunc);
+      out << pem;
+      if (!out.flush()) {
+        throw Error(ErrorCode::invalid_argument, fmt::format("cannot write '{}'", out_file));
+      }
+    };
+  });
+}
+
 void Cli::add_psk_table(CLI::App& app) {
   auto* table = app.add_subcommand(
       "psk-table", "The psk-look-up-table of TR-0038 7.1.2 (AE-ID/CSE-ID, KpsaID, Kpsa) as a file");
@@ -1074,6 +1113,7 @@ int main(int argc, char** argv) {
   cli.add_key_queries(*key);
   cli.add_key_set_id(*key);
   cli.add_key_psk(*key);
+  cli.add_key_reference(*key);
   cli.add_psk_table(app);
   cli.add_derive(app);
   cli.add_enrol(app);
