@@ -82,6 +82,32 @@ void* KeymgmtFunctions<type>::gen_init(void* provctx, int selection, const OSSL_
   return generation.release();
 }
 
+template <KeyType type>
+const OSSL_DISPATCH KeymgmtFunctions<type>::functions[] = {
+    {OSSL_FUNC_KEYMGMT_NEW, reinterpret_cast<void (*)()>(new_key)},
+    {OSSL_FUNC_KEYMGMT_FREE, reinterpret_cast<void (*)()>(free_key)},
+    {OSSL_FUNC_KEYMGMT_LOAD, reinterpret_cast<void (*)()>(load)},
+    {OSSL_FUNC_KEYMGMT_GET_PARAMS, reinterpret_cast<void (*)()>(get_params)},
+    {OSSL_FUNC_KEYMGMT_GETTABLE_PARAMS, reinterpret_cast<void (*)()>(gettable_params)},
+    {OSSL_FUNC_KEYMGMT_SET_PARAMS, reinterpret_cast<void (*)()>(set_params)},
+    {OSSL_FUNC_KEYMGMT_SETTABLE_PARAMS, reinterpret_cast<void (*)()>(settable_params)},
+    {OSSL_FUNC_KEYMGMT_QUERY_OPERATION_NAME, reinterpret_cast<void (*)()>(query_operation_name)},
+    {OSSL_FUNC_KEYMGMT_HAS, reinterpret_cast<void (*)()>(has)},
+    {OSSL_FUNC_KEYMGMT_MATCH, reinterpret_cast<void (*)()>(match)},
+    {OSSL_FUNC_KEYMGMT_VALIDATE, reinterpret_cast<void (*)()>(validate)},
+    {OSSL_FUNC_KEYMGMT_IMPORT, reinterpret_cast<void (*)()>(import)},
+    {OSSL_FUNC_KEYMGMT_IMPORT_TYPES, reinterpret_cast<void (*)()>(key_types)},
+    {OSSL_FUNC_KEYMGMT_EXPORT, reinterpret_cast<void (*)()>(export_key)},
+    {OSSL_FUNC_KEYMGMT_EXPORT_TYPES, reinterpret_cast<void (*)()>(key_types)},
+    {OSSL_FUNC_KEYMGMT_DUP, reinterpret_cast<void (*)()>(dup)},
+    {OSSL_FUNC_KEYMGMT_GEN_INIT, reinterpret_cast<void (*)()>(gen_init)},
+    {OSSL_FUNC_KEYMGMT_GEN_SET_TEMPLATE, reinterpret_cast<void (*)()>(gen_set_template)},
+    {OSSL_FUNC_KEYMGMT_GEN_SET_PARAMS, reinterpret_cast<void (*)()>(gen_set_params)},
+    {OSSL_FUNC_KEYMGMT_GEN_SETTABLE_PARAMS, reinterpret_cast<void (*)()>(gen_settable_params)},
+    {OSSL_FUNC_KEYMGMT_GEN, reinterpret_cast<void (*)()>(gen)},
+    {OSSL_FUNC_KEYMGMT_GEN_CLEANUP, reinterpret_cast<void (*)()>(gen_cleanup)},
+    {0, nullptr}};
+
 template struct KeymgmtFunctions<KeyType::ec>;
 template struct KeymgmtFunctions<KeyType::rsa>;
 

@@ -1,8 +1,8 @@
 // KEYMGMT for EC and RSA: vault keys (name + public half) and ordinary
 // software keys alike. Everything about a key's public half, and everything
 // about software keys, is delegated to the default provider in the
-// provider's software library context. The dispatch tables are in
-// keymgmt_ec.cpp and keymgmt_rsa.cpp.
+// provider's software library context. The parts that differ by
+// type are in keymgmt_ec.cpp and keymgmt_rsa.cpp.
 #pragma once
 
 #include <openssl/core_dispatch.h>
@@ -10,9 +10,6 @@
 #include "engine/provider/key_reference.h"
 
 namespace m2mvault::provider {
-
-extern const OSSL_DISPATCH kEcKeymgmtFunctions[];
-extern const OSSL_DISPATCH kRsaKeymgmtFunctions[];
 
 // The functions both tables share, for a key type.
 template <KeyType type>
@@ -23,7 +20,21 @@ struct KeymgmtFunctions {
   static const OSSL_PARAM* gettable_params(void* provctx);
   static const OSSL_PARAM* settable_params(void* provctx);
   static const OSSL_PARAM* gen_settable_params(void* genctx, void* provctx);
+  // Per type, in keymgmt_ec.cpp and keymgmt_rsa.cpp.
+  static const char* query_operation_name(int operation_id);
+  static const OSSL_PARAM* key_types(int selection);
+  // The dispatch table (keymgmt.cpp).
+  static const OSSL_DISPATCH functions[];
 };
+
+template <>
+const char* KeymgmtFunctions<KeyType::ec>::query_operation_name(int operation_id);
+template <>
+const OSSL_PARAM* KeymgmtFunctions<KeyType::ec>::key_types(int selection);
+template <>
+const char* KeymgmtFunctions<KeyType::rsa>::query_operation_name(int operation_id);
+template <>
+const OSSL_PARAM* KeymgmtFunctions<KeyType::rsa>::key_types(int selection);
 
 // Type-independent functions (the key object knows its type).
 void free_key(void* keydata);

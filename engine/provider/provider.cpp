@@ -27,15 +27,18 @@ constexpr const char* kVersion = "0.1.0";
 // The key in the provider's openssl.cnf section that names the daemon socket.
 constexpr const char* kSocketParam = "socket";
 
-const OSSL_ALGORITHM kKeymgmt[] = {{"EC:id-ecPublicKey:1.2.840.10045.2.1", "provider=m2mvault",
-                                    kEcKeymgmtFunctions, "m2mvault EC keys (vault and software)"},
-                                   {"RSA:rsaEncryption:1.2.840.113549.1.1.1", "provider=m2mvault",
-                                    kRsaKeymgmtFunctions, "m2mvault RSA keys (vault and software)"},
-                                   {nullptr, nullptr, nullptr, nullptr}};
+const OSSL_ALGORITHM kKeymgmt[] = {
+    {"EC:id-ecPublicKey:1.2.840.10045.2.1", "provider=m2mvault",
+     KeymgmtFunctions<KeyType::ec>::functions, "m2mvault EC keys (vault and software)"},
+    {"RSA:rsaEncryption:1.2.840.113549.1.1.1", "provider=m2mvault",
+     KeymgmtFunctions<KeyType::rsa>::functions, "m2mvault RSA keys (vault and software)"},
+    {nullptr, nullptr, nullptr, nullptr}};
 
 const OSSL_ALGORITHM kSignature[] = {
-    {"ECDSA", "provider=m2mvault", kEcdsaSignatureFunctions, "ECDSA, vault keys sign in m2mvaultd"},
-    {"RSA:rsaEncryption:1.2.840.113549.1.1.1", "provider=m2mvault", kRsaSignatureFunctions,
+    {"ECDSA", "provider=m2mvault", SignatureFunctions<KeyType::ec>::functions,
+     "ECDSA, vault keys sign in m2mvaultd"},
+    {"RSA:rsaEncryption:1.2.840.113549.1.1.1", "provider=m2mvault",
+     SignatureFunctions<KeyType::rsa>::functions,
      "RSA PKCS#1 v1.5 and PSS, vault keys sign in m2mvaultd"},
     {nullptr, nullptr, nullptr, nullptr}};
 

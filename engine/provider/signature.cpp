@@ -182,6 +182,32 @@ const OSSL_PARAM* SignatureFunctions<type>::settable_ctx_params(void*, void* pro
                                                : provider->software_rsa_signature.get());
 }
 
+template <KeyType type>
+const OSSL_DISPATCH SignatureFunctions<type>::functions[] = {
+    {OSSL_FUNC_SIGNATURE_NEWCTX, reinterpret_cast<void (*)()>(newctx)},
+    {OSSL_FUNC_SIGNATURE_FREECTX, reinterpret_cast<void (*)()>(signature_freectx)},
+    {OSSL_FUNC_SIGNATURE_DUPCTX, reinterpret_cast<void (*)()>(signature_dupctx)},
+    {OSSL_FUNC_SIGNATURE_SIGN_INIT, reinterpret_cast<void (*)()>(signature_sign_init)},
+    {OSSL_FUNC_SIGNATURE_SIGN, reinterpret_cast<void (*)()>(signature_sign)},
+    {OSSL_FUNC_SIGNATURE_VERIFY_INIT, reinterpret_cast<void (*)()>(signature_verify_init)},
+    {OSSL_FUNC_SIGNATURE_VERIFY, reinterpret_cast<void (*)()>(signature_verify)},
+    {OSSL_FUNC_SIGNATURE_DIGEST_SIGN_INIT,
+     reinterpret_cast<void (*)()>(signature_digest_sign_init)},
+    {OSSL_FUNC_SIGNATURE_DIGEST_SIGN_UPDATE, reinterpret_cast<void (*)()>(signature_digest_update)},
+    {OSSL_FUNC_SIGNATURE_DIGEST_SIGN_FINAL,
+     reinterpret_cast<void (*)()>(signature_digest_sign_final)},
+    {OSSL_FUNC_SIGNATURE_DIGEST_VERIFY_INIT,
+     reinterpret_cast<void (*)()>(signature_digest_verify_init)},
+    {OSSL_FUNC_SIGNATURE_DIGEST_VERIFY_UPDATE,
+     reinterpret_cast<void (*)()>(signature_digest_update)},
+    {OSSL_FUNC_SIGNATURE_DIGEST_VERIFY_FINAL,
+     reinterpret_cast<void (*)()>(signature_digest_verify_final)},
+    {OSSL_FUNC_SIGNATURE_GET_CTX_PARAMS, reinterpret_cast<void (*)()>(signature_get_ctx_params)},
+    {OSSL_FUNC_SIGNATURE_GETTABLE_CTX_PARAMS, reinterpret_cast<void (*)()>(gettable_ctx_params)},
+    {OSSL_FUNC_SIGNATURE_SET_CTX_PARAMS, reinterpret_cast<void (*)()>(signature_set_ctx_params)},
+    {OSSL_FUNC_SIGNATURE_SETTABLE_CTX_PARAMS, reinterpret_cast<void (*)()>(settable_ctx_params)},
+    {0, nullptr}};
+
 template struct SignatureFunctions<KeyType::ec>;
 template struct SignatureFunctions<KeyType::rsa>;
 

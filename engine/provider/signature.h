@@ -2,8 +2,8 @@
 // request to the daemon with the digest; everything else (verification, and
 // signing with software keys) runs in the software library context, which
 // also handles the parameters (digest, padding, salt length, AlgorithmIdentifier)
-// exactly as the default provider does. Dispatch tables are in
-// signature_ecdsa.cpp and signature_rsa.cpp.
+// exactly as the default provider does. One dispatch table
+// serves both, per key type.
 #pragma once
 
 #include <openssl/core_dispatch.h>
@@ -12,14 +12,13 @@
 
 namespace m2mvault::provider {
 
-extern const OSSL_DISPATCH kEcdsaSignatureFunctions[];
-extern const OSSL_DISPATCH kRsaSignatureFunctions[];
-
 template <KeyType type>
 struct SignatureFunctions {
   static void* newctx(void* provctx, const char* propq);
   static const OSSL_PARAM* gettable_ctx_params(void* ctx, void* provctx);
   static const OSSL_PARAM* settable_ctx_params(void* ctx, void* provctx);
+  // The dispatch table (signature.cpp): "ECDSA" for ec, "RSA" for rsa.
+  static const OSSL_DISPATCH functions[];
 };
 
 void signature_freectx(void* ctx);
