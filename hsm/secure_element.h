@@ -3,10 +3,13 @@
 // Only implementations of this interface ever see key bytes, and only in
 // SecureBuffers. Two storage shapes exist:
 //  - wrapped secrets (the PSK kinds Kpsa, Kpm, Km, Kc, pairwiseE2EKey): the
-//    catalog keeps an opaque blob wrapped under the token's key-encryption key;
-//    using one unwraps it inside the token into a cached session object.
-//  - token objects (Ke and signing keys): persistent, sensitive,
-//    non-extractable objects named by a random CKA_ID (TokenKeyRef).
+//    catalog keeps an opaque blob wrapped under the token's key-encryption key
+//    (sealed by the TPM); using one unwraps (unseals) it.
+//  - token keys (Ke and signing keys): held by the secure element so that
+//    they are usable only inside it. On PKCS#11 they are persistent,
+//    sensitive, non-extractable objects named by a random CKA_ID; on a TPM
+//    they are TPM-wrapped blobs (only that TPM can load them) that creating
+//    one returns and the catalog keeps beside the CKA_ID (TokenKeyRef::blob).
 //
 // All methods are thread-safe. All failures throw hsm::Error.
 #pragma once
@@ -43,10 +46,13 @@ enum class SignatureScheme { ecdsa, rsa_pkcs1, rsa_pss };
 // vault's token) and object_id is the random CKA_ID the vault chose. An
 // adopted key (pre-provisioned by a manufacturer) names its token by label
 // and its object by CKA_ID or, when object_id is empty, by CKA_LABEL.
+// `blob` is what creating the key returned: empty on PKCS#11, the TPM's
+// blob on a TPM (where object_id is only a name).
 struct TokenKeyRef {
   std::string token_label;
   Bytes object_id;
   std::string object_label;
+  Bytes blob{};
 };
 
 // The catalog's view of a wrapped secret: the blob returned by wrap_secret().
@@ -103,16 +109,22 @@ class SecureElement {
   // A fresh random 16-byte CKA_ID for a new token object.
   virtual Bytes new_object_id() = 0;
 
-  // Creates a persistent, sensitive, non-extractable secret usable only for
+  // Creates a sensitive, non-extractable secret usable only for
   // HMAC-SHA-256 (Ke), tagged as the vault's. `object_id` from new_object_id().
-  virtual void create_token_secret(std::span<const std::uint8_t> object_id,
-                                   std::span<const std::uint8_t> secret) = 0;
+  // Returns the blob the catalog must keep to use it (TokenKeyRef::blob):
+  // empty when the token holds the key persistently (PKCS#11).
+  virtual Bytes create_token_secret(std::span<const std::uint8_t> object_id,
+                                    std::span<const std::uint8_t> secret) = 0;
 
-  // Generates a persistent key pair inside the token (private half sensitive
-  // and non-extractable), tagged as the vault's. Returns the public key as
-  // DER SubjectPublicKeyInfo.
-  virtual Bytes generate_signing_key(std::span<const std::uint8_t> object_id,
-                                     SigningAlgorithm algorithm) = 0;
+  // Generates a key pair inside the token (private half sensitive and
+  // non-extractable), tagged as the vault's. Returns the public key as DER
+  // SubjectPublicKeyInfo and, as create_token_secret(), the blob to keep.
+  struct GeneratedKey {
+    Bytes public_key;
+    Bytes blob;
+  };
+  virtual GeneratedKey generate_signing_key(std::span<const std::uint8_t> object_id,
+                                            SigningAlgorithm algorithm) = 0;
 
   // Checks that an existing token key pair can be used as a signing key and
   // returns its public key (DER SubjectPublicKeyInfo) and algorithm. The
@@ -126,7 +138,8 @@ class SecureElement {
 
   // True when the vault's token holds a whole key tagged as the vault's with
   // this CKA_ID: a secret key, or a private key together with its public key
-  // (a crash during key-pair generation can leave one half alone).
+  // (a crash during key-pair generation can leave one half alone). Always
+  // false where keys are blobs (TPM): a pending row has no blob yet.
   virtual bool token_object_exists(std::span<const std::uint8_t> object_id) = 0;
 
   // Destroys every object of the vault's token tagged as the vault's with
@@ -134,7 +147,7 @@ class SecureElement {
   virtual void destroy_token_object(std::span<const std::uint8_t> object_id) = 0;
 
   // CKA_IDs of all objects tagged as the vault's keys (never the KEK or the
-  // audit key), for reconciliation at start.
+  // audit key), for reconciliation at start. Empty where keys are blobs.
   virtual std::vector<Bytes> list_vault_objects() = 0;
 
   // --- operations -------------------------------------------------------
@@ -170,8 +183,9 @@ class SecureElement {
   virtual Hmac audit_epoch_mac_for(std::span<const std::uint8_t> nonce,
                                    std::span<const std::uint8_t> data) = 0;
 
-  // The audit checkpoint kept in the token (a private data object), and
-  // read back; nullopt before the first one.
+  // The audit checkpoint kept in the token (a private data object; on a TPM,
+  // for now, a file in the state directory), and read back; nullopt before
+  // the first one.
   virtual void store_audit_checkpoint(std::span<const std::uint8_t> value) = 0;
   virtual std::optional<Bytes> load_audit_checkpoint() = 0;
 

@@ -55,9 +55,9 @@ SecureElement::WrappedWithMac ExportedKey::wrap_with_mac(
   return se.wrap_secret_with_mac(key(), mac_data);
 }
 
-void ExportedKey::create_token_secret(SecureElement& se,
-                                      std::span<const std::uint8_t> object_id) const {
-  se.create_token_secret(object_id, key());
+Bytes ExportedKey::create_token_secret(SecureElement& se,
+                                       std::span<const std::uint8_t> object_id) const {
+  return se.create_token_secret(object_id, key());
 }
 
 }  // namespace m2mvault::hsm

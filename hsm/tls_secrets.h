@@ -43,8 +43,9 @@ class ExportedKey {
   SecureElement::WrappedWithMac wrap_with_mac(SecureElement& se,
                                               std::span<const std::uint8_t> mac_data) const;
 
-  // The key as a persistent, non-extractable token secret (Ke).
-  void create_token_secret(SecureElement& se, std::span<const std::uint8_t> object_id) const;
+  // The key as a non-extractable token secret (Ke); returns the blob to keep
+  // (SecureElement::create_token_secret()).
+  Bytes create_token_secret(SecureElement& se, std::span<const std::uint8_t> object_id) const;
 
  private:
   explicit ExportedKey(SecureBuffer material) : material_(std::move(material)) {}

@@ -307,8 +307,8 @@ class SqliteCatalog final : public Catalog {
         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     insert_name_ = prepare(db, "INSERT INTO names(canonical, key_id) VALUES (?, ?)");
     activate_ = prepare(db,
-                        "UPDATE keys SET state = 'active', public_key = coalesce(?, public_key) "
-                        "WHERE key_id = ?");
+                        "UPDATE keys SET state = 'active', public_key = coalesce(?, public_key), "
+                        "blob = coalesce(?, blob) WHERE key_id = ?");
     remove_ = prepare(db, "DELETE FROM keys WHERE key_id = ?");
   }
 
@@ -318,12 +318,14 @@ class SqliteCatalog final : public Catalog {
     return insert_as(std::move(record), "pending");
   }
 
-  void activate(std::int64_t row, const std::vector<std::uint8_t>& public_key) override {
+  void activate(std::int64_t row, const std::vector<std::uint8_t>& public_key,
+                const std::vector<std::uint8_t>& blob) override {
     write([&](sqlite3* db) {
       sqlite3_stmt* s = activate_.get();
       ResetOnExit reset(s);
       bind_blob(s, 1, public_key);
-      sqlite3_bind_int64(s, 2, row);
+      bind_blob(s, 2, blob);
+      sqlite3_bind_int64(s, 3, row);
       if (sqlite3_step(s) != SQLITE_DONE) fail(db, "activate");
       if (sqlite3_changes(db) == 0) row_gone(row);
     });

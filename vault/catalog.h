@@ -35,9 +35,11 @@ class Catalog {
   // durable in state "pending" (name reserved, same conflict rules);
   // remove() drops a row (pending or active), durably.
   virtual KeyRecord insert_pending(KeyRecord record) = 0;
-  // activate() marks it active (durable), storing `public_key` when non-empty.
+  // activate() marks it active (durable), storing `public_key` and `blob`
+  // (the secure element's blob of a token key, on a TPM) when non-empty.
   // Both throw Error(not_found) when the row no longer exists.
-  virtual void activate(std::int64_t row, const std::vector<std::uint8_t>& public_key = {}) = 0;
+  virtual void activate(std::int64_t row, const std::vector<std::uint8_t>& public_key = {},
+                        const std::vector<std::uint8_t>& blob = {}) = 0;
   virtual void remove(std::int64_t row) = 0;
 
   // Many keys at once, all or none (psk-table import): insert_pending_batch()

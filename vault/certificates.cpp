@@ -135,7 +135,8 @@ std::string Vault::certificate_request(std::string_view key, const std::string& 
   // The signature is made inside the token; the request is then checked
   // against the catalog's public key before it is handed out.
   auto private_key = in_token([&] {
-    return se_.private_key({record.token_label, record.object_id, record.object_label});
+    return se_.private_key(
+        {record.token_label, record.object_id, record.object_label, record.blob});
   });
   if (X509_REQ_sign(req.get(), private_key.get(), EVP_sha256()) <= 0) {
     throw Error(ErrorCode::backend_unavailable,

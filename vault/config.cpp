@@ -85,13 +85,14 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
                 fmt::format("{}:{}: {}", file->string(), e.source().begin.line, e.description()));
   }
   check_keys(*file, root,
-             {"state_dir", "socket", "backend", "log_level", "log_file", "threads",
-              "max_connections", "frame_timeout_ms", "idle_timeout_ms", "pkcs11", "id_format",
-              "handshake", "audit", "policy_file"},
+             {"state_dir", "socket", "backend", "tcti", "log_level", "log_file", "threads",
+              "max_connections", "frame_timeout_ms", "idle_timeout_ms", "pkcs11", "tpm2",
+              "id_format", "handshake", "audit", "policy_file"},
              "");
   read(*file, root, "state_dir", config.state_dir);
   read(*file, root, "socket", config.socket);
   read(*file, root, "backend", config.backend);
+  read(*file, root, "tcti", config.tcti);
   read(*file, root, "log_level", config.log_level);
   read(*file, root, "log_file", config.log_file);
   read(*file, root, "threads", config.threads);
@@ -111,9 +112,17 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
     read(*file, *a, "rotate_bytes", config.audit.rotate_bytes);
     read(*file, *a, "free_space_reserve_bytes", config.audit.free_space_reserve_bytes);
   }
-  if (config.backend != "pkcs11") {
+  if (config.backend != "pkcs11" && config.backend != "tpm2") {
     bad(*file, *root.get("backend"),
-        fmt::format("backend '{}' is not available (supported: pkcs11)", config.backend));
+        fmt::format("backend '{}' is not available (supported: pkcs11, tpm2)", config.backend));
+  }
+  if (!config.tcti.empty() && !config.tpm()) {
+    bad(*file, *root.get("tcti"), "'tcti' needs backend = \"tpm2\"");
+  }
+  if (const toml::table* t =
+          section(*file, root, "tpm2", {"password_auth_for_signing", "max_loaded_objects"})) {
+    read(*file, *t, "password_auth_for_signing", config.tpm2.password_auth_for_signing);
+    read(*file, *t, "max_loaded_objects", config.tpm2.max_loaded_objects);
   }
   if (const toml::table* p =
           section(*file, root, "pkcs11",
@@ -159,6 +168,17 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
     }
   }
   return config;
+}
+
+void check_backend(const Config& config) {
+  if (config.backend != "pkcs11" && config.backend != "tpm2") {
+    throw Error(
+        ErrorCode::invalid_argument,
+        fmt::format("backend '{}' is not available (supported: pkcs11, tpm2)", config.backend));
+  }
+  if (!config.tcti.empty() && !config.tpm()) {
+    throw Error(ErrorCode::invalid_argument, "a TCTI (--tcti) needs the tpm2 backend");
+  }
 }
 
 IdFormat Config::id_format_for(std::string_view fqdn) const {

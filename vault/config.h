@@ -23,6 +23,18 @@ struct Pkcs11Settings {
   std::size_t unwrap_cache = 4096;
 };
 
+// The TPM 2.0 backend (docs/TPM2.md): `tcti` is a top-level key beside
+// `backend`; these tune it.
+struct Tpm2Settings {
+  // TPM2_Sign authorized by the key's auth value sent as a password instead
+  // of through the salted session: ~10x the signatures/s with tpm2-tss 3.2,
+  // at the price of that auth value crossing the TPM interface in the clear
+  // (never the key). Off by default.
+  bool password_auth_for_signing = false;
+  // Objects kept loaded besides the primary; 0: what the TPM guarantees.
+  std::size_t max_loaded_objects = 0;
+};
+
 // The TLS handshakes the daemon runs (TS-0003 10.3.1; docs/HANDSHAKES.md).
 struct HandshakeSettings {
   // An unfinished handshake expires this long after it started ...
@@ -55,8 +67,9 @@ struct AuditSettings {
 
 struct Config {
   std::filesystem::path state_dir;
-  std::filesystem::path socket;  // default: api::kDefaultSocketPath
-  std::string backend = "pkcs11";
+  std::filesystem::path socket;    // default: api::kDefaultSocketPath
+  std::string backend = "pkcs11";  // "pkcs11" or "tpm2"
+  std::string tcti;                // tpm2: empty means "device:/dev/tpmrm0"
   std::string log_level = "info";
   std::filesystem::path log_file;  // empty: stderr only
   std::size_t threads = 8;
@@ -64,6 +77,7 @@ struct Config {
   std::chrono::milliseconds frame_timeout{10'000};
   std::chrono::milliseconds idle_timeout{std::chrono::minutes(10)};
   Pkcs11Settings pkcs11;
+  Tpm2Settings tpm2;
   HandshakeSettings handshake;
   AuditSettings audit;
   // The policy file (docs/POLICY.md); empty: administrators only.
@@ -71,12 +85,18 @@ struct Config {
   // encode() of KeId/KcId per MEF/MAF FQDN (lowercased); base64 when absent.
   std::map<std::string, IdFormat> id_formats;
 
-  bool embedded() const { return pkcs11.module.empty(); }
+  bool tpm() const { return backend == "tpm2"; }
+  // The embedded SoftHSM2 token: the pkcs11 backend without a module.
+  bool embedded() const { return !tpm() && pkcs11.module.empty(); }
   IdFormat id_format_for(std::string_view fqdn) const;
 };
 
 // Reads `file` (if given) over the defaults. Throws Error(invalid_argument)
 // naming the file, line and key on a parse error or an unknown key.
 Config load_config(const std::optional<std::filesystem::path>& file);
+
+// Checks the backend choice once the command line has overridden the file:
+// a known backend, and no TCTI for pkcs11. Throws Error(invalid_argument).
+void check_backend(const Config& config);
 
 }  // namespace m2mvault::vault

@@ -153,7 +153,7 @@ Handshakes::Progress Handshakes::start(uid_t owner, const HandshakeSpec& spec,
     vault_.count_use(key);
     CertificateCredential cred;
     cred.key = in_token([&] {
-      return se_.private_key({key.token_label, key.object_id, key.object_label});
+      return se_.private_key({key.token_label, key.object_id, key.object_label, key.blob});
     });
     cred.chain_pem = *key.certificate;
     cred.peer.certificate_name = spec.peer_name;

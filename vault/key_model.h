@@ -30,7 +30,7 @@ std::string_view to_string(Storage s);
 Storage parse_storage(std::string_view text);
 
 // One key as the catalog holds it. Nothing here is secret: `blob` is wrapped
-// under the token's KEK, `object_id` only names a token object.
+// under the token's KEK (or by the TPM), `object_id` only names a token object.
 struct KeyRecord {
   std::int64_t row = 0;  // catalog primary key
   std::string name;      // as given (defaults to the identifier)
@@ -40,7 +40,7 @@ struct KeyRecord {
   std::int64_t created = 0;               // Unix seconds
   std::optional<std::int64_t> expires;    // Unix seconds
   Storage storage = Storage::wrapped;
-  std::vector<std::uint8_t> blob;          // Storage::wrapped
+  std::vector<std::uint8_t> blob;          // Storage::wrapped; Storage::token on a TPM
   std::vector<std::uint8_t> object_id;     // Storage::token / adopted: CKA_ID
   std::string token_label;                 // Storage::adopted
   std::string object_label;                // Storage::adopted, when adopted by label

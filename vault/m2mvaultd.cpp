@@ -1,6 +1,7 @@
 // m2mvaultd: the m2mvault daemon.
 //
 //   m2mvaultd --state-dir DIR [--config FILE] [--socket PATH] [--log-level LEVEL]
+//             [--backend pkcs11|tpm2] [--tcti TCTI]
 //
 // Start order: configuration, state directory (initialized on first start),
 // token, catalog, reconciliation, then the socket. Any failure before the
@@ -23,6 +24,8 @@
 #include "api/error.h"
 #include "api/server.h"
 #include "hsm/pkcs11/pkcs11_backend.h"
+#include "hsm/tpm2/connection.h"
+#include "hsm/tpm2/tpm2_backend.h"
 #include "policies/policy.h"
 #include "vault/audit_trail.h"
 #include "vault/catalog.h"
@@ -69,12 +72,17 @@ int run(int argc, char** argv) {
   std::string socket;
   std::string log_level;
   std::string policy_file;
+  std::string backend;
+  std::string tcti;
   bool verify_audit = false;
   app.add_option("--state-dir", state_dir, "State directory (catalog, embedded token)");
   app.add_option("--config", config_file, "TOML configuration file")->check(CLI::ExistingFile);
   app.add_option("--socket", socket, "Unix socket path (default /run/m2mvault/m2mvault.sock)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
   app.add_option("--policy", policy_file, "Policy file (docs/POLICY.md); default: admins only");
+  app.add_option("--backend", backend, "Secure element: pkcs11 (default) or tpm2");
+  app.add_option("--tcti", tcti,
+                 "TPM connection for --backend tpm2 (default device:/dev/tpmrm0; swtpm:port=N)");
   app.add_flag("--verify-audit", verify_audit,
                "Verify the audit log with the token's audit key and exit (0: intact, 3: broken); "
                "for when the daemon cannot start. The daemon must not be running");
@@ -91,6 +99,9 @@ int run(int argc, char** argv) {
   if (!socket.empty()) config.socket = socket;
   if (!log_level.empty()) config.log_level = log_level;
   if (!policy_file.empty()) config.policy_file = policy_file;
+  if (!backend.empty()) config.backend = backend;
+  if (!tcti.empty()) config.tcti = tcti;
+  vault::check_backend(config);
   setup_logging(config);
   forbid_core_dumps();
 
@@ -105,7 +116,9 @@ int run(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
 
   vault::StateDir state(config);
-  if (state.initialized_now()) {
+  if (state.initialized_now() && config.tpm()) {
+    spdlog::info("initialized {} for the TPM backend", state.path().string());
+  } else if (state.initialized_now()) {
     spdlog::info("created a SoftHSM2 token and its key-encryption key in {}",
                  state.path().string());
     if (config.embedded()) {
@@ -115,7 +128,19 @@ int run(int argc, char** argv) {
   }
   std::unique_ptr<hsm::SecureElement> se;
   try {
-    se = hsm::pkcs11::open(state.pkcs11_config());
+    if (config.tpm()) {
+      const auto tpm = state.tpm2_config();
+      if (!hsm::tpm2::is_resource_manager(tpm.tpm.tcti)) {
+        // The core flushed every transient object and session at connect.
+        spdlog::warn(
+            "TCTI {} is not a resource manager: m2mvaultd needs exclusive use of this TPM "
+            "(it flushes every loaded object and session at start, and counts on the slots)",
+            tpm.tpm.tcti);
+      }
+      se = hsm::tpm2::open(tpm);
+    } else {
+      se = hsm::pkcs11::open(state.pkcs11_config());
+    }
   } catch (const hsm::Error& e) {
     throw Error(ErrorCode::backend_unavailable, e.what());
   }

@@ -9,6 +9,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <system_error>
 
 #include "api/error.h"
@@ -36,6 +38,15 @@ void write_file_synced(const fs::path& p, std::string_view content) {
   ok = ok && ::fsync(fd) == 0;
   ::close(fd);
   if (!ok) throw Error(ErrorCode::internal, fmt::format("cannot write {}", p.string()));
+}
+
+// The backend whose keys `state` holds: the first line of its `backend`
+// file, "pkcs11" without one (directories made before the TPM backend).
+std::string backend_of(const fs::path& state) {
+  std::ifstream in(state / kBackendMarker);
+  std::string line;
+  if (!in || !std::getline(in, line) || line.empty()) return "pkcs11";
+  return line;
 }
 
 bool empty_or_absent(const fs::path& dir) {
@@ -68,7 +79,10 @@ void initialize(const Config& config, const fs::path& state, const hsm::pkcs11::
                 fmt::format("cannot create {}: {}", staging.string(), std::strerror(errno)));
   }
   try {
-    if (config.embedded()) {
+    if (config.tpm()) {
+      // The TPM needs nothing made ahead: the backend creates its audit key.
+      write_file_synced(staging / kBackendMarker, "tpm2\n");
+    } else if (config.embedded()) {
       hsm::pkcs11::create_embedded_token(staging, state);
     } else {
       hsm::pkcs11::ensure_kek(external);
@@ -119,6 +133,17 @@ StateDir::StateDir(const Config& config) {
     throw Error(ErrorCode::conflict,
                 fmt::format("another m2mvaultd is using state directory {}", path_.string()));
   }
+  if (const std::string made_for = backend_of(path_); made_for != config.backend) {
+    ::close(lock_fd_);
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("state directory {} holds the keys of backend {}, not {}: its keys "
+                            "cannot move between backends",
+                            path_.string(), made_for, config.backend));
+  }
+  tpm2_.state_dir = path_;
+  tpm2_.tpm.tcti = config.tcti.empty() ? hsm::tpm2::kDefaultTcti : config.tcti;
+  tpm2_.tpm.password_auth_for_signing = config.tpm2.password_auth_for_signing;
+  tpm2_.tpm.max_loaded_objects = config.tpm2.max_loaded_objects;
   if (config.embedded()) {
     pkcs11_ = hsm::pkcs11::embedded_config(path_);
   } else {

@@ -28,7 +28,7 @@ std::span<const std::uint8_t> as_bytes(std::string_view s) {
 }
 
 hsm::TokenKeyRef token_ref(const KeyRecord& r) {
-  return {r.token_label, r.object_id, r.object_label};
+  return {r.token_label, r.object_id, r.object_label, r.blob};
 }
 
 hsm::SecretRef secret_ref(const KeyRecord& r) {
@@ -196,9 +196,9 @@ KeyRecord Vault::imported_record(const ImportSpec& spec, std::span<const std::ui
 KeyRecord Vault::import_key(const ImportSpec& spec, std::span<const std::uint8_t> secret) {
   KeyRecord record = imported_record(spec, secret);
   if (record.storage == Storage::wrapped) return catalog_.insert(std::move(record));
-  // Ke: a persistent, non-extractable token object.
+  // Ke: a non-extractable token key.
   return insert_token_secret(std::move(record), [&](std::span<const std::uint8_t> object_id) {
-    se_.create_token_secret(object_id, secret);
+    return se_.create_token_secret(object_id, secret);
   });
 }
 
@@ -245,18 +245,17 @@ void Vault::discard_staged(const std::vector<std::int64_t>& rows) {
   catalog_.remove_batch(rows);
 }
 
-KeyRecord Vault::insert_token_secret(
-    KeyRecord record, const std::function<void(std::span<const std::uint8_t>)>& create) {
+KeyRecord Vault::insert_token_secret(KeyRecord record, const CreateTokenSecret& create) {
   record.storage = Storage::token;
   record.object_id = in_token([&] { return se_.new_object_id(); });
   KeyRecord pending = catalog_.insert_pending(std::move(record));
   try {
-    in_token([&] { create(pending.object_id); });
+    pending.blob = in_token([&] { return create(pending.object_id); });
   } catch (...) {
     catalog_.remove(pending.row);
     throw;
   }
-  catalog_.activate(pending.row);
+  catalog_.activate(pending.row, {}, pending.blob);
   return pending;
 }
 
@@ -412,7 +411,7 @@ KeyRecord Vault::store_exported_key(const ExportedKeySpec& spec, const hsm::Expo
   record.check_value =
       check_value_text(in_token([&] { return key.mac(as_bytes(kCheckValueLabel)); }));
   return insert_token_secret(std::move(record), [&](std::span<const std::uint8_t> object_id) {
-    key.create_token_secret(se_, object_id);
+    return key.create_token_secret(se_, object_id);
   });
 }
 
@@ -443,13 +442,15 @@ KeyRecord Vault::generate_signing_key(const GenerateSpec& spec) {
   record.object_id = in_token([&] { return se_.new_object_id(); });
   KeyRecord pending = catalog_.insert_pending(std::move(record));
   try {
-    pending.public_key =
+    auto generated =
         in_token([&] { return se_.generate_signing_key(pending.object_id, spec.algorithm); });
+    pending.public_key = std::move(generated.public_key);
+    pending.blob = std::move(generated.blob);
   } catch (...) {
     catalog_.remove(pending.row);
     throw;
   }
-  catalog_.activate(pending.row, pending.public_key);
+  catalog_.activate(pending.row, pending.public_key, pending.blob);
   return pending;
 }
 

@@ -203,9 +203,11 @@ class Vault {
  private:
   bool pending_key_works(const KeyRecord& row, std::vector<std::uint8_t>& spki);
   // Two-phase create of a Ke (DESIGN.md): pending row with a fresh CKA_ID,
-  // `create` makes the token object, the row is activated.
-  KeyRecord insert_token_secret(KeyRecord record,
-                                const std::function<void(std::span<const std::uint8_t>)>& create);
+  // `create` makes the token key and returns its blob (empty on PKCS#11),
+  // the row is activated with that blob.
+  using CreateTokenSecret =
+      std::function<std::vector<std::uint8_t>(std::span<const std::uint8_t> object_id)>;
+  KeyRecord insert_token_secret(KeyRecord record, const CreateTokenSecret& create);
   // A validated record for an import, wrapped (PSK kinds) or ready for its
   // token object (Ke); touches neither catalog nor token objects.
   KeyRecord imported_record(const ImportSpec& spec, std::span<const std::uint8_t> secret);

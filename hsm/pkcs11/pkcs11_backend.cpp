@@ -2,12 +2,8 @@
 // the PKCS#11 API, signing keys through libp11.
 #include "hsm/pkcs11/pkcs11_backend.h"
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/params.h>
-#include <openssl/rand.h>
 
 #include <cstring>
 #include <map>
@@ -15,6 +11,7 @@
 #include <mutex>
 #include <variant>
 
+#include "hsm/audit_epochs.h"
 #include "hsm/pkcs11/ck_util.h"
 #include "hsm/pkcs11/libp11_keys.h"
 #include "hsm/pkcs11/openssl_ptr.h"
@@ -116,16 +113,18 @@ class Pkcs11Backend final : public SecureElement {
     return id;
   }
 
-  void create_token_secret(std::span<const std::uint8_t> object_id,
-                           std::span<const std::uint8_t> secret) override {
+  // The token holds the key: no blob.
+  Bytes create_token_secret(std::span<const std::uint8_t> object_id,
+                            std::span<const std::uint8_t> secret) override {
     auto session = token_->sessions().borrow();
     create_secret_object(fn(), session.handle(), object_id, secret);
+    return {};
   }
 
-  Bytes generate_signing_key(std::span<const std::uint8_t> object_id,
-                             SigningAlgorithm algorithm) override {
+  GeneratedKey generate_signing_key(std::span<const std::uint8_t> object_id,
+                                    SigningAlgorithm algorithm) override {
     auto session = token_->sessions().borrow();
-    return generate_key_pair(fn(), session.handle(), object_id, algorithm);
+    return {generate_key_pair(fn(), session.handle(), object_id, algorithm), {}};
   }
 
   AdoptedKey adopt_signing_key(const TokenKeyRef& ref) override {
@@ -223,40 +222,13 @@ class Pkcs11Backend final : public SecureElement {
     return token_hmac(fn(), session.handle(), audit_key_, data);
   }
 
-  Bytes begin_audit_epoch() override {
-    Bytes nonce(16);
-    if (RAND_bytes(nonce.data(), static_cast<int>(nonce.size())) != 1)
-      throw Error(Failure::internal, "RAND_bytes failed");
-    SecureBuffer key = epoch_key(nonce);
-    MacCtxPtr ctx = keyed_hmac(key);
-    std::lock_guard lock(epoch_mutex_);
-    epoch_key_ = std::move(key);
-    epoch_ctx_ = std::move(ctx);
-    return nonce;
-  }
+  Bytes begin_audit_epoch() override { return epochs_.begin(); }
 
-  Hmac audit_epoch_mac(std::span<const std::uint8_t> data) override {
-    std::lock_guard lock(epoch_mutex_);
-    if (!epoch_ctx_) throw Error(Failure::internal, "no audit epoch has begun");
-    // A copy of the keyed context: no digest fetch or key setup per record.
-    MacCtxPtr ctx(EVP_MAC_CTX_dup(epoch_ctx_.get()));
-    Hmac out{};
-    std::size_t len = 0;
-    if (!ctx || EVP_MAC_update(ctx.get(), data.data(), data.size()) != 1 ||
-        EVP_MAC_final(ctx.get(), out.data(), &len, out.size()) != 1 || len != out.size()) {
-      throw Error(Failure::internal, "HMAC-SHA-256 failed");
-    }
-    return out;
-  }
+  Hmac audit_epoch_mac(std::span<const std::uint8_t> data) override { return epochs_.mac(data); }
 
   Hmac audit_epoch_mac_for(std::span<const std::uint8_t> nonce,
                            std::span<const std::uint8_t> data) override {
-    std::lock_guard lock(epoch_mutex_);
-    if (verify_nonce_ != Bytes(nonce.begin(), nonce.end())) {
-      verify_key_ = epoch_key(nonce);
-      verify_nonce_.assign(nonce.begin(), nonce.end());
-    }
-    return software_hmac(verify_key_, data);
+    return epochs_.mac_for(nonce, data);
   }
 
   // A private token data object, replaced as a whole (destroy, then create:
@@ -332,39 +304,6 @@ class Pkcs11Backend final : public SecureElement {
     return found.front();
   }
 
-  SecureBuffer epoch_key(std::span<const std::uint8_t> nonce) {
-    Bytes input(kAuditEpochLabel.begin(), kAuditEpochLabel.end());
-    input.insert(input.end(), nonce.begin(), nonce.end());
-    Hmac key = audit_mac(input);
-    SecureBuffer out = SecureBuffer::copy_of(key);
-    OPENSSL_cleanse(key.data(), key.size());
-    return out;
-  }
-
-  using MacCtxPtr = std::unique_ptr<EVP_MAC_CTX, OpenSslDeleter<EVP_MAC_CTX_free>>;
-
-  // An HMAC-SHA-256 context keyed with `key` (OpenSSL wipes its copy on free).
-  static MacCtxPtr keyed_hmac(const SecureBuffer& key) {
-    static EVP_MAC* hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
-    char digest[] = "SHA256";
-    const OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0),
-                                 OSSL_PARAM_construct_end()};
-    MacCtxPtr ctx(hmac ? EVP_MAC_CTX_new(hmac) : nullptr);
-    if (!ctx || EVP_MAC_init(ctx.get(), key.data(), key.size(), params) != 1)
-      throw Error(Failure::internal, "cannot key HMAC-SHA-256");
-    return ctx;
-  }
-
-  static Hmac software_hmac(const SecureBuffer& key, std::span<const std::uint8_t> data) {
-    Hmac out{};
-    unsigned int len = 0;
-    if (!HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), data.data(), data.size(),
-              out.data(), &len)) {
-      throw Error(Failure::internal, "HMAC-SHA-256 failed");
-    }
-    return out;
-  }
-
   std::vector<CK_OBJECT_HANDLE> checkpoint_objects(CK_SESSION_HANDLE session) {
     CK_OBJECT_CLASS cls = CKO_DATA;
     std::array query{attr(CKA_CLASS, cls), attr_string(CKA_LABEL, kAuditCheckpointLabel)};
@@ -407,11 +346,7 @@ class Pkcs11Backend final : public SecureElement {
   CK_OBJECT_HANDLE kek_ = CK_INVALID_HANDLE;
   CK_OBJECT_HANDLE audit_key_ = CK_INVALID_HANDLE;
   std::mutex checkpoint_mutex_;
-  std::mutex epoch_mutex_;
-  SecureBuffer epoch_key_;  // the current audit epoch's key
-  MacCtxPtr epoch_ctx_;     // HMAC keyed with it
-  Bytes verify_nonce_;      // the epoch whose key verify_key_ holds
-  SecureBuffer verify_key_;
+  AuditEpochs epochs_{[this](std::span<const std::uint8_t> data) { return audit_mac(data); }};
   UnwrapCache cache_;  // after token_: its objects go before the sessions close
   std::unique_ptr<Libp11Keys> signer_;
   std::mutex handles_mutex_;

@@ -17,7 +17,7 @@ TEST(Concurrency, EightThreadsHmacSignAndWrapCorrectly) {
   const Bytes key = from_hex("1a2b3c4d5e6f7a8b");
   const Bytes blob = backend.wrap_secret(key);
   const Bytes signing_id = backend.new_object_id();
-  const Bytes spki = backend.generate_signing_key(signing_id, SigningAlgorithm::ec_p256);
+  const Bytes spki = backend.generate_signing_key(signing_id, SigningAlgorithm::ec_p256).public_key;
   const Pkey public_key = parse_spki(spki);
   ASSERT_TRUE(public_key);
 

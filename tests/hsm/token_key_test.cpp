@@ -30,7 +30,7 @@ void expect_signs_and_verifies(const TokenKeyRef& ref, std::span<const std::uint
 
 TEST(SigningKey, EcP256SignsDigestsThatOpenSslVerifies) {
   const Bytes id = backend().new_object_id();
-  const Bytes spki = backend().generate_signing_key(id, SigningAlgorithm::ec_p256);
+  const Bytes spki = backend().generate_signing_key(id, SigningAlgorithm::ec_p256).public_key;
   const Pkey key = parse_spki(spki);
   ASSERT_TRUE(key);
   ASSERT_EQ(EVP_PKEY_get_base_id(key.get()), EVP_PKEY_EC);
@@ -48,7 +48,7 @@ TEST(SigningKey, EcP256SignsDigestsThatOpenSslVerifies) {
 
 TEST(SigningKey, Rsa2048SignsPkcs1AndPssThatOpenSslVerifies) {
   const Bytes id = backend().new_object_id();
-  const Bytes spki = backend().generate_signing_key(id, SigningAlgorithm::rsa_2048);
+  const Bytes spki = backend().generate_signing_key(id, SigningAlgorithm::rsa_2048).public_key;
   const Pkey key = parse_spki(spki);
   ASSERT_TRUE(key);
   ASSERT_EQ(EVP_PKEY_get_base_id(key.get()), EVP_PKEY_RSA);

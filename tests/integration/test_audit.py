@@ -8,7 +8,7 @@ import tempfile
 import time
 import unittest
 
-from vaultlib import DAEMON, Daemon, b64
+from vaultlib import DAEMON, Daemon, b64, ON_TPM
 
 BROKEN = 13  # `m2mvault audit verify` when the chain is broken (conflict)
 
@@ -87,7 +87,10 @@ class AuditRecordsTest(unittest.TestCase):
         self.assertEqual([r["seq"] for r in records if r["op"] == "audit.epoch"], [1, 5])
         self.assertEqual(daemon.cli("audit", "verify").returncode, 0)
         daemon.stop()
-        self.assertIn("m2mvault-audit-checkpoint", daemon.token_objects())
+        if ON_TPM:
+            self.assertTrue(os.path.exists(os.path.join(daemon.state, "tpm2-audit-checkpoint")))
+        else:
+            self.assertIn("m2mvault-audit-checkpoint", daemon.token_objects())
 
 
 class TamperTest(unittest.TestCase):
@@ -151,11 +154,12 @@ class TamperTest(unittest.TestCase):
             prev = record["tag"]
             forged.append((json.dumps(record, separators=(",", ":")) + "\n").encode())
         write_lines(self.daemon, forged)
-        start = subprocess.run([DAEMON, "--state-dir", self.daemon.state, "--socket", self.daemon.socket],
-                               capture_output=True, text=True, timeout=60)
+        start = subprocess.run([DAEMON, "--state-dir", self.daemon.state, "--socket", self.daemon.socket,
+                                *self.daemon.backend_args()], capture_output=True, text=True, timeout=60)
         self.assertNotEqual(start.returncode, 0)
         self.assertIn("--verify-audit", start.stderr)
-        offline = subprocess.run([DAEMON, "--state-dir", self.daemon.state, "--verify-audit"],
+        offline = subprocess.run([DAEMON, "--state-dir", self.daemon.state, "--verify-audit",
+                                  *self.daemon.backend_args()],
                                  capture_output=True, text=True, timeout=60)
         self.assertEqual(offline.returncode, 3, offline.stdout + offline.stderr)
         report = json.loads(offline.stdout)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import unittest
 
-from vaultlib import DAEMON, SOFTHSM2, Daemon, VaultError, b64, make_vendor_token_key, openssl_verify
+from vaultlib import DAEMON, SOFTHSM2, Daemon, VaultError, b64, make_vendor_token_key, openssl_verify, pkcs11_only, tpm_only
 
 
 def tree_digest(root):
@@ -41,6 +41,7 @@ class StartupTest(unittest.TestCase):
         self.daemon.connect().call("key.import", kind="kpsa", id="AE1@in.provider.com", value=b64(b"k" * 16))
         self.daemon.stop()
 
+    @pkcs11_only("the embedded SoftHSM2 token's files (test_first_start_on_a_tpm_makes_the_audit_key_file)")
     def test_first_start_creates_token_pins_and_marker(self):
         self.initialized()
         state = self.daemon.state
@@ -53,6 +54,19 @@ class StartupTest(unittest.TestCase):
         self.assertIn("so-pin", self.daemon.read_log())
         self.assertEqual([n for n in os.listdir(self.daemon.root) if "staging" in n], [])
 
+    @tpm_only("the TPM backend's state directory")
+    def test_first_start_on_a_tpm_makes_the_audit_key_file(self):
+        self.initialized()
+        state = self.daemon.state
+        for name in ("m2mvault-state", "catalog.db", "backend", "tpm2-audit-key"):
+            self.assertTrue(os.path.exists(os.path.join(state, name)), name)
+        self.assertEqual(os.stat(os.path.join(state, "tpm2-audit-key")).st_mode & 0o777, 0o600)
+        for name in ("softhsm2.conf", "user-pin", "so-pin", "tokens"):
+            self.assertFalse(os.path.exists(os.path.join(state, name)), name)
+        with open(os.path.join(state, "backend")) as f:
+            self.assertEqual(f.read(), "tpm2\n")
+
+    @pkcs11_only("the token's user PIN")
     def test_wrong_pin_refuses_to_start_and_touches_nothing(self):
         self.initialized()
         with open(os.path.join(self.daemon.state, "user-pin"), "w") as f:
@@ -64,6 +78,7 @@ class StartupTest(unittest.TestCase):
         self.assertEqual(len(p.stderr.strip().splitlines()), 1, p.stderr)
         self.assertEqual(tree_digest(self.daemon.state), before)
 
+    @pkcs11_only("the SoftHSM2 token directory")
     def test_missing_token_refuses_to_start(self):
         self.initialized()
         subprocess.run(["rm", "-rf", os.path.join(self.daemon.state, "tokens")], check=True)
@@ -74,6 +89,7 @@ class StartupTest(unittest.TestCase):
         self.assertIn("m2mvault", p.stderr)  # names the token label
         self.assertEqual(tree_digest(self.daemon.state), before)
 
+    @pkcs11_only("the token's KEK, deleted with pkcs11-tool")
     def test_missing_kek_refuses_to_start(self):
         self.initialized()
         env = dict(os.environ, SOFTHSM2_CONF=os.path.join(self.daemon.state, "softhsm2.conf"))
@@ -118,6 +134,7 @@ class StartupTest(unittest.TestCase):
         self.assertIn("another daemon is listening", p.stderr)
 
 
+@pkcs11_only("adopting a vendor token's key (on a TPM, key.adopt is unsupported: AdoptOnTpmTest)")
 class AdoptTest(unittest.TestCase):
     """A manufacturer's key pair in its own token, referenced in place."""
 
@@ -147,6 +164,17 @@ class AdoptTest(unittest.TestCase):
         listed = subprocess.run(["pkcs11-tool", "--module", SOFTHSM2, "--token-label", "vendor", "--login", "--pin",
                                  pin, "--list-objects"], capture_output=True, text=True, env=env)
         self.assertEqual(listed.stdout.count("device-key"), 2, listed.stdout)  # private and public remain
+
+
+@tpm_only("adoption on the TPM backend")
+class AdoptOnTpmTest(unittest.TestCase):
+    def test_adopting_is_unsupported_with_a_clear_error(self):
+        daemon = Daemon().start()
+        self.addCleanup(daemon.cleanup)
+        with self.assertRaises(VaultError) as caught:
+            daemon.connect().call("key.adopt", name="device", token_label="vendor", object="device-key")
+        self.assertEqual(caught.exception.code, "unsupported")
+        self.assertIn("PKCS#11", caught.exception.message)
 
 
 if __name__ == "__main__":

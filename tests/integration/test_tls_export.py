@@ -17,7 +17,7 @@ import unittest
 import tlspeer
 from tlspeer import (BOOTSTRAP_LABEL, CERT_CIPHER, CONNECTION_LABEL, PSK_CIPHER, Pki, SClient, SServer,
                      expected_id, keymat_split, spki_sha256)
-from vaultlib import CLI, Daemon, DaemonTestCase, b64, make_vendor_token_key
+from vaultlib import CLI, Daemon, DaemonTestCase, b64, make_vendor_token_key, pkcs11_only
 
 ESCERTKE_LABEL = "EXPORTER-oneM2M-ESCertKE"
 MEF = "mef.provider.org"
@@ -500,6 +500,7 @@ class CertificateHandshakeTest(ExportChecks, unittest.TestCase):
         self.assertEqual(p.returncode, 11)
 
 
+@pkcs11_only("a vendor token's adopted key (the TPM backend adopts nothing)")
 class AdoptedKeyHandshakeTest(ExportChecks, unittest.TestCase):
     """A pre-provisioned device key in its manufacturer's token, adopted in
     place, authenticates a handshake through libp11 like a vault key."""

@@ -1,8 +1,11 @@
-"""Test harness: a real m2mvaultd on a real SoftHSM2 token in a temp dir.
+"""Test harness: a real m2mvaultd on a real SoftHSM2 token in a temp dir,
+or, with M2MVAULT_TEST_BACKEND=tpm2, on its own swtpm (started here on free
+loopback ports, its state in the daemon's temp dir, stopped at cleanup).
 
 Independent of the C++ code on purpose: frames are built here, check values
 are computed with Python's hmac, public keys are parsed by the openssl CLI.
 """
+import atexit
 import base64
 import hashlib
 import hmac
@@ -21,6 +24,98 @@ BUILD = os.environ.get("M2MVAULT_BUILD_DIR", os.path.join(os.path.dirname(__file
 DAEMON = os.path.join(BUILD, "vault", "m2mvaultd")
 CLI = os.path.join(BUILD, "tools", "m2mvault")
 SOFTHSM2 = "/usr/lib/softhsm/libsofthsm2.so"
+BACKEND = os.environ.get("M2MVAULT_TEST_BACKEND", "pkcs11")
+ON_TPM = BACKEND == "tpm2"
+
+
+def pkcs11_only(reason):
+    """Skips a test of a PKCS#11 specific on the TPM backend."""
+    return unittest.skipIf(ON_TPM, f"PKCS#11 only: {reason}")
+
+
+def tpm_only(reason):
+    return unittest.skipUnless(ON_TPM, f"TPM only: {reason}")
+
+
+_running_swtpms = set()
+
+
+@atexit.register
+def _kill_leftover_swtpms():
+    for tpm in list(_running_swtpms):
+        tpm.stop()
+
+
+class Swtpm:
+    """A private swtpm (TPM 2.0 simulator) on a free loopback port pair:
+    server on P, control on P+1; startup-clear, so a restart is a TPM reset
+    followed by TPM2_Startup(CLEAR)."""
+
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
+        os.makedirs(state_dir, exist_ok=True)
+        self.proc = None
+        self.port = self._free_port_pair()
+        self.start()
+
+    @staticmethod
+    def _port_free(port):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                return False
+
+    @classmethod
+    def _free_port_pair(cls):
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port < 65535 and cls._port_free(port + 1):
+                return port
+        raise RuntimeError("no free port pair for swtpm")
+
+    @property
+    def tcti(self):
+        return f"swtpm:host=127.0.0.1,port={self.port}"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state_dir}",
+             "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+             "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+             "--flags", "not-need-init,startup-clear"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        _running_swtpms.add(self)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"swtpm exited with {self.proc.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("swtpm did not start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        _running_swtpms.discard(self)
+
+    def restart(self):
+        """A TPM reset: the process and all it had loaded go, the state stays."""
+        self.stop()
+        self.start()
 
 # TR-0038 table 7.1.2-2.
 CLOCK_AE1 = ("Clock-AE1", "AE123456789012-Lock@in.provider.com", "1a2b3c4d5e6f7a8b")
@@ -118,11 +213,22 @@ class Daemon:
         self.socket = os.path.join(self.root, "run", "m2mvault.sock")
         self.log = os.path.join(self.root, "m2mvaultd.log")
         self.proc = None
+        self.swtpm = None
+
+    def backend_args(self):
+        """The options that put m2mvaultd on this test's backend: none for
+        PKCS#11 (the embedded SoftHSM2 token); the swtpm, started on first
+        use, for tpm2."""
+        if not ON_TPM:
+            return []
+        if self.swtpm is None:
+            self.swtpm = Swtpm(os.path.join(self.root, "swtpm"))
+        return ["--backend", "tpm2", "--tcti", self.swtpm.tcti]
 
     def start(self, extra=(), wait=True):
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [DAEMON, "--state-dir", self.state, "--socket", self.socket, *extra],
+            [DAEMON, "--state-dir", self.state, "--socket", self.socket, *self.backend_args(), *extra],
             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         logf.close()
         if wait:
@@ -167,6 +273,8 @@ class Daemon:
 
     def cleanup(self):
         self.stop()
+        if self.swtpm:
+            self.swtpm.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def connect(self):
@@ -188,7 +296,8 @@ class Daemon:
 
     def token_objects(self):
         """Labels of the persistent objects in the embedded token, read with
-        pkcs11-tool (the daemon must be stopped or idle)."""
+        pkcs11-tool (the daemon must be stopped or idle). PKCS#11 only."""
+        assert not ON_TPM, "token_objects() reads a PKCS#11 token"
         env = dict(os.environ, SOFTHSM2_CONF=os.path.join(self.state, "softhsm2.conf"))
         with open(os.path.join(self.state, "user-pin")) as f:
             pin = f.read().strip()

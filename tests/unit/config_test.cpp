@@ -44,6 +44,28 @@ TEST_F(ConfigFile, ReadsAnExternalToken) {
   EXPECT_EQ(c.pkcs11.token_label, "gw");
 }
 
+TEST_F(ConfigFile, ReadsTheTpmBackendWithItsTctiAndTuning) {
+  Config c =
+      load_config(write("backend = \"tpm2\"\ntcti = \"swtpm:port=2321\"\n"
+                        "[tpm2]\npassword_auth_for_signing = true\n"));
+  EXPECT_TRUE(c.tpm());
+  EXPECT_FALSE(c.embedded());
+  EXPECT_EQ(c.tcti, "swtpm:port=2321");
+  EXPECT_TRUE(c.tpm2.password_auth_for_signing);
+  EXPECT_NO_THROW(check_backend(c));
+  EXPECT_FALSE(load_config(write("backend = \"tpm2\"\n")).tpm2.password_auth_for_signing);
+}
+
+TEST_F(ConfigFile, TctiWithoutTheTpmBackendAndUnknownBackendsAreRejected) {
+  EXPECT_THROW(load_config(write("tcti = \"swtpm:port=2321\"\n")), Error);
+  EXPECT_THROW(load_config(write("backend = \"tpm3\"\n")), Error);
+  Config c = load_config(std::nullopt);
+  c.tcti = "swtpm:port=2321";  // --tcti without --backend tpm2
+  EXPECT_THROW(check_backend(c), Error);
+  c.backend = "tpm2";
+  EXPECT_NO_THROW(check_backend(c));
+}
+
 TEST_F(ConfigFile, UnknownKeyIsRejectedWithItsLine) {
   try {
     load_config(write("socket = \"/tmp/x.sock\"\nsokcet = 1\n"));
