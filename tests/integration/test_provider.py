@@ -127,6 +127,11 @@ def s_client(port, args, env, timeout=30):
                           stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=timeout)
 
 
+# The vault keys under test: the TPM backend has P-256 signing keys only.
+VAULT_KEYS = [("in-cse", "EC")] + ([] if vaultlib.ON_TPM else [("rsa-cse", "RSA")])
+NO_RSA_ON_TPM = unittest.skipIf(vaultlib.ON_TPM, "the TPM backend has P-256 signing keys only")
+
+
 class ProviderTestCase(unittest.TestCase):
     """One daemon with an EC and an RSA signing key, each with a certificate
     from an openssl-CLI CA, and a peer (MN-CSE) with a file key."""
@@ -140,10 +145,11 @@ class ProviderTestCase(unittest.TestCase):
         cls.pki = tlspeer.Pki(cls.dir)
         cls.ca_key, cls.ca = cls.pki.make_ca()
         cls.daemon.cli("key", "generate", "--name", "in-cse", check=True)
-        cls.daemon.cli("key", "generate", "--name", "rsa-cse", "--alg", "rsa-2048", check=True)
+        if not vaultlib.ON_TPM:
+            cls.daemon.cli("key", "generate", "--name", "rsa-cse", "--alg", "rsa-2048", check=True)
         cls.certs = {}
         cls.pubkeys = {}
-        for name in ("in-cse", "rsa-cse"):
+        for name, _ in VAULT_KEYS:
             csr = os.path.join(cls.dir, name + ".csr")
             cls.daemon.cli("cert", "csr", "--key", name, "--subject", f"/O=oneM2M/CN={name}",
                            "--san", f"DNS:my.m2mprovider.org/{name}", "--out", csr, check=True)
@@ -155,7 +161,7 @@ class ProviderTestCase(unittest.TestCase):
         cls.peer_key, cls.peer_cert = cls.pki.make_leaf("mn-cse", "/O=oneM2M/CN=mn-cse",
                                                         "DNS:my.m2mprovider.org/mn-cse")
         cls.refs = {}
-        for name, key_type in (("in-cse", "EC"), ("rsa-cse", "RSA")):
+        for name, key_type in VAULT_KEYS:
             ref = os.path.join(cls.dir, name + ".ref.pem")
             with open(ref, "w") as f:
                 f.write(key_reference(name, key_type))
@@ -241,6 +247,7 @@ class TestTlsWithVaultKey(ProviderTestCase):
         out, srv = self.handshake([*PROVIDER_ARGS, "-key", "m2mvault:in%2Dcse"], self.cli_env())
         self.assert_handshake(out, srv)
 
+    @NO_RSA_ON_TPM
     def test_rsa_vault_key_tls12_pss_and_pkcs1_and_tls13(self):
         # The client's list also covers its own (ECDSA) CertificateVerify.
         cases = [("-tls1_2", ["-sigalgs", "rsa_pss_rsae_sha256:ECDSA+SHA256"]),
@@ -274,7 +281,7 @@ class TestOpensslCnfOnly(ProviderTestCase):
     def test_cli_writes_the_reference_this_test_encodes(self):
         """`m2mvault key reference` against the encoding written out above
         (the comment line before the PEM block is free text)."""
-        for name, key_type in (("in-cse", "EC"), ("rsa-cse", "RSA")):
+        for name, key_type in VAULT_KEYS:
             out = self.daemon.cli("key", "reference", name, check=True).stdout.decode()
             self.assertEqual(out[out.index("-----BEGIN"):], key_reference(name, key_type))
         ref = os.path.join(self.dir, "cli.ref.pem")
@@ -287,6 +294,7 @@ class TestOpensslCnfOnly(ProviderTestCase):
         p = self.daemon.cli("key", "reference", "ref@in.provider.com")
         self.assertEqual(p.returncode, 10, p.stderr)
 
+    @NO_RSA_ON_TPM
     def test_rsa_key_reference_file(self):
         env = self.cnf_env("m2mvault", True)
         out, srv = self.handshake(["-key", self.refs["rsa-cse"]], env, cipher="ECDHE-RSA-AES128-GCM-SHA256",
@@ -318,7 +326,7 @@ class TestOpensslTools(ProviderTestCase):
     """openssl req and pkeyutl with a vault key, checked by stock openssl."""
 
     def test_req_makes_a_csr_that_verifies(self):
-        for name in ("in-cse", "rsa-cse"):
+        for name, _ in VAULT_KEYS:
             with self.subTest(key=name):
                 csr = os.path.join(self.dir, f"req-{name}.csr")
                 p = subprocess.run([OPENSSL, "req", *PROVIDER_ARGS, "-new", "-key", f"m2mvault:{name}",
@@ -355,6 +363,7 @@ class TestOpensslTools(ProviderTestCase):
                 dgst, sig = self._pkeyutl_sign("m2mvault:in-cse", digest)
                 self._pkeyutl_verify(self.pubkeys["in-cse"], dgst, sig)
 
+    @NO_RSA_ON_TPM
     def test_pkeyutl_rsa_pkcs1_and_pss(self):
         digest = hashlib.sha256(b"rsa in the vault").digest()
         dgst, sig = self._pkeyutl_sign("m2mvault:rsa-cse", digest, "-pkeyopt", "digest:sha256")
@@ -363,6 +372,7 @@ class TestOpensslTools(ProviderTestCase):
         dgst, sig = self._pkeyutl_sign("m2mvault:rsa-cse", digest, *pss)
         self._pkeyutl_verify(self.pubkeys["rsa-cse"], dgst, sig, *pss)
 
+    @NO_RSA_ON_TPM
     def test_pss_salt_the_daemon_cannot_make_is_refused(self):
         digest = hashlib.sha256(b"x").digest()
         d = tempfile.mkdtemp(dir=self.dir)
