@@ -140,8 +140,12 @@ class ProviderTestCase(unittest.TestCase):
     def setUpClass(cls):
         if not os.path.exists(MODULE):
             raise RuntimeError(f"provider module not built: {MODULE}")
-        cls.daemon = vaultlib.Daemon().start()
+        # Class cleanups run even when setUpClass fails half-way (tearDownClass does not).
+        cls.daemon = vaultlib.Daemon()
+        cls.addClassCleanup(cls.daemon.cleanup)
+        cls.daemon.start()
         cls.dir = tempfile.mkdtemp(prefix="prov-pki-")
+        cls.addClassCleanup(shutil.rmtree, cls.dir, ignore_errors=True)
         cls.pki = tlspeer.Pki(cls.dir)
         cls.ca_key, cls.ca = cls.pki.make_ca()
         cls.daemon.cli("key", "generate", "--name", "in-cse", check=True)
@@ -166,11 +170,6 @@ class ProviderTestCase(unittest.TestCase):
             with open(ref, "w") as f:
                 f.write(key_reference(name, key_type))
             cls.refs[name] = ref
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.cleanup()
-        shutil.rmtree(cls.dir, ignore_errors=True)
 
     def cli_env(self, **extra):
         """For `openssl -provider m2mvault`: the module dir and the socket."""

@@ -334,11 +334,11 @@ class DaemonTestCase(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.daemon = Daemon().start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.daemon.cleanup()
+        # A class cleanup, not tearDownClass: it also runs when a subclass's
+        # setUpClass fails after this (no daemon or swtpm is left running).
+        cls.daemon = Daemon()
+        cls.addClassCleanup(cls.daemon.cleanup)
+        cls.daemon.start()
 
     def import_kpsa(self, entity, kpsa_id, hex_value, **extra):
         args = ["key", "import", "--kind", "kpsa", "--id", kpsa_id, "--entity", entity, "--hex", hex_value]
