@@ -117,7 +117,7 @@ std::string Vault::certificate_request(std::string_view key, const std::string& 
     throw Error(ErrorCode::internal, "cannot build the request");
 
   const unsigned char* p = record.public_key.data();
-  EvpPkeyOwner public_key(d2i_PUBKEY(nullptr, &p, static_cast<long>(record.public_key.size())));
+  EvpPkeyPtr public_key(d2i_PUBKEY(nullptr, &p, static_cast<long>(record.public_key.size())));
   if (!public_key) throw Error(ErrorCode::internal, "the catalog's public key does not parse");
   if (X509_REQ_set_pubkey(req.get(), public_key.get()) != 1)
     throw Error(ErrorCode::internal, "cannot build the request");

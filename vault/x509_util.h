@@ -14,25 +14,21 @@
 #include <string>
 #include <vector>
 
+#include "hsm/pkcs11/openssl_ptr.h"
+
 namespace m2mvault::vault {
 
-template <auto Free>
-struct OpenSslFree {
-  template <typename T>
-  void operator()(T* p) const noexcept {
-    Free(p);
-  }
-};
+using hsm::pkcs11::EvpPkeyPtr;
+using hsm::pkcs11::OpenSslDeleter;
 
-using X509Ptr = std::unique_ptr<X509, OpenSslFree<X509_free>>;
-using X509StorePtr = std::unique_ptr<X509_STORE, OpenSslFree<X509_STORE_free>>;
-using X509StoreCtxPtr = std::unique_ptr<X509_STORE_CTX, OpenSslFree<X509_STORE_CTX_free>>;
-using X509ReqPtr = std::unique_ptr<X509_REQ, OpenSslFree<X509_REQ_free>>;
-using X509NamePtr = std::unique_ptr<X509_NAME, OpenSslFree<X509_NAME_free>>;
-using BioPtr = std::unique_ptr<BIO, OpenSslFree<BIO_free_all>>;
-using SslCtxPtr = std::unique_ptr<SSL_CTX, OpenSslFree<SSL_CTX_free>>;
-using SslPtr = std::unique_ptr<SSL, OpenSslFree<SSL_free>>;
-using EvpPkeyOwner = std::unique_ptr<EVP_PKEY, OpenSslFree<EVP_PKEY_free>>;
+using X509Ptr = std::unique_ptr<X509, OpenSslDeleter<X509_free>>;
+using X509StorePtr = std::unique_ptr<X509_STORE, OpenSslDeleter<X509_STORE_free>>;
+using X509StoreCtxPtr = std::unique_ptr<X509_STORE_CTX, OpenSslDeleter<X509_STORE_CTX_free>>;
+using X509ReqPtr = std::unique_ptr<X509_REQ, OpenSslDeleter<X509_REQ_free>>;
+using X509NamePtr = std::unique_ptr<X509_NAME, OpenSslDeleter<X509_NAME_free>>;
+using BioPtr = std::unique_ptr<BIO, OpenSslDeleter<BIO_free_all>>;
+using SslCtxPtr = std::unique_ptr<SSL_CTX, OpenSslDeleter<SSL_CTX_free>>;
+using SslPtr = std::unique_ptr<SSL, OpenSslDeleter<SSL_free>>;
 
 // Every certificate in `pem`, in order. Throws Error(invalid_argument)
 // naming `what` when there is none or one does not parse.

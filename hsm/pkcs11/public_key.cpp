@@ -8,6 +8,7 @@
 
 #include "hsm/pkcs11/ck_util.h"
 #include "hsm/pkcs11/openssl_ptr.h"
+#include "hsm/spki.h"
 
 namespace m2mvault::hsm::pkcs11 {
 namespace {
@@ -16,23 +17,6 @@ using OctetStringPtr = std::unique_ptr<ASN1_OCTET_STRING, OpenSslDeleter<ASN1_OC
 
 [[noreturn]] void openssl_failed(const char* what) {
   throw Error(Failure::internal, std::string(what) + " failed");
-}
-
-Bytes spki_of(const char* key_type, const OSSL_PARAM* params) {
-  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(nullptr, key_type, nullptr));
-  EVP_PKEY* raw = nullptr;
-  if (!ctx || EVP_PKEY_fromdata_init(ctx.get()) <= 0 ||
-      EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, const_cast<OSSL_PARAM*>(params)) <=
-          0) {
-    throw Error(Failure::internal, "token public key is not a valid key");
-  }
-  const EvpPkeyPtr pkey(raw);
-  const int size = i2d_PUBKEY(pkey.get(), nullptr);
-  if (size <= 0) openssl_failed("i2d_PUBKEY");
-  Bytes der(static_cast<std::size_t>(size));
-  unsigned char* out = der.data();
-  if (i2d_PUBKEY(pkey.get(), &out) != size) openssl_failed("i2d_PUBKEY");
-  return der;
 }
 
 Bytes ec_spki(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object) {
@@ -49,16 +33,7 @@ Bytes ec_spki(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE 
     point.assign(ASN1_STRING_get0_data(octets.get()),
                  ASN1_STRING_get0_data(octets.get()) + ASN1_STRING_length(octets.get()));
   }
-  ParamBldPtr build(OSSL_PARAM_BLD_new());
-  if (!build ||
-      !OSSL_PARAM_BLD_push_utf8_string(build.get(), OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) ||
-      !OSSL_PARAM_BLD_push_octet_string(build.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(),
-                                        point.size())) {
-    openssl_failed("OSSL_PARAM_BLD_push");
-  }
-  const ParamPtr built(OSSL_PARAM_BLD_to_param(build.get()));
-  if (!built) openssl_failed("OSSL_PARAM_BLD_to_param");
-  return spki_of("EC", built.get());
+  return p256_spki(point);
 }
 
 Bytes rsa_spki(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object) {
@@ -75,7 +50,7 @@ Bytes rsa_spki(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE
   }
   const ParamPtr built(OSSL_PARAM_BLD_to_param(build.get()));
   if (!built) openssl_failed("OSSL_PARAM_BLD_to_param");
-  return spki_of("RSA", built.get());
+  return spki_from_params("RSA", built.get(), "token public key is not a valid key");
 }
 
 }  // namespace

@@ -1,21 +1,17 @@
 #include "hsm/tpm2/public_key.h"
 
-#include <openssl/core_names.h>
 #include <openssl/ecdsa.h>
 #include <openssl/x509.h>
 
 #include <algorithm>
 
 #include "hsm/pkcs11/openssl_ptr.h"
+#include "hsm/spki.h"
 
 namespace m2mvault::hsm::tpm2 {
 namespace {
 
 using pkcs11::BignumPtr;
-using pkcs11::EvpPkeyCtxPtr;
-using pkcs11::EvpPkeyPtr;
-using pkcs11::ParamBldPtr;
-using pkcs11::ParamPtr;
 using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, pkcs11::OpenSslDeleter<ECDSA_SIG_free>>;
 
 constexpr std::size_t kP256Bytes = 32;
@@ -43,28 +39,7 @@ Bytes ecc_spki(const TPMT_PUBLIC& area) {
   append_coordinate(point, area.unique.ecc.x);
   append_coordinate(point, area.unique.ecc.y);
 
-  ParamBldPtr build(OSSL_PARAM_BLD_new());
-  if (!build ||
-      !OSSL_PARAM_BLD_push_utf8_string(build.get(), OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) ||
-      !OSSL_PARAM_BLD_push_octet_string(build.get(), OSSL_PKEY_PARAM_PUB_KEY, point.data(),
-                                        point.size())) {
-    openssl_failed("OSSL_PARAM_BLD_push");
-  }
-  const ParamPtr params(OSSL_PARAM_BLD_to_param(build.get()));
-  if (!params) openssl_failed("OSSL_PARAM_BLD_to_param");
-  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr));
-  EVP_PKEY* raw = nullptr;
-  if (!ctx || EVP_PKEY_fromdata_init(ctx.get()) <= 0 ||
-      EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) <= 0) {
-    throw Error(Failure::internal, "TPM public key is not a valid P-256 point");
-  }
-  const EvpPkeyPtr pkey(raw);
-  const int size = i2d_PUBKEY(pkey.get(), nullptr);
-  if (size <= 0) openssl_failed("i2d_PUBKEY");
-  Bytes der(static_cast<std::size_t>(size));
-  unsigned char* out = der.data();
-  if (i2d_PUBKEY(pkey.get(), &out) != size) openssl_failed("i2d_PUBKEY");
-  return der;
+  return p256_spki(point);
 }
 
 Bytes ecdsa_der(const TPMS_SIGNATURE_ECC& signature) {
