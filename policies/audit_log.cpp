@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <exception>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -428,11 +429,28 @@ struct AuditLog::State {
   std::uint64_t last_seq = 0;
   Tag last_tag{};
 
+  // Group write: appenders queue their record; the first one that finds no
+  // writer at work takes the whole queue, chains it, writes it with one
+  // write() (the lock released around it, so that more records queue
+  // meanwhile) and wakes the others. Only the writer changes the file,
+  // size, last_seq and last_tag.
+  struct Queued {
+    const std::string* body;  // record_body() of the record
+    bool durable;
+    AuditCheckpoint written{};
+    std::exception_ptr error;
+    bool done = false;
+  };
+  std::vector<Queued*> queue;
+  bool writing = false;
+  std::condition_variable batch_done;
+
   std::uint64_t synced_seq = 0;
   bool syncing = false;  // a group fdatasync runs without the lock
   bool dirty = false;    // records await the background sync
   SteadyClock::time_point sync_due;
   std::uint64_t syncs = 0;
+  std::uint64_t writes = 0;
 
   Failure failure = Failure::none;
   std::string failure_message;
@@ -681,14 +699,21 @@ struct AuditLog::State {
     }
   }
 
-  // One write() of the whole line; anything less is a failure.
-  void write_line(const std::string& line) {
+  // One write() of the whole batch, without the lock (the caller is the
+  // writer, so nothing else touches the file meanwhile); anything less is
+  // a failure.
+  void write_batch(const std::string& lines, std::unique_lock<std::mutex>& lock) {
+    const auto handle = file;
     ssize_t n;
+    ++writes;
+    lock.unlock();
     do {
-      n = ::write(file->fd, line.data(), line.size());
+      n = ::write(handle->fd, lines.data(), lines.size());
     } while (n < 0 && errno == EINTR);
-    if (n < 0) fail(Failure::io, "write failed: " + errno_text(errno));
-    if (static_cast<std::size_t>(n) < line.size()) {
+    const int err = errno;
+    lock.lock();
+    if (n < 0) fail(Failure::io, "write failed: " + errno_text(err));
+    if (static_cast<std::size_t>(n) < lines.size()) {
       if (regular) {
         cut_back_to = size;
         size += static_cast<std::uint64_t>(n);
@@ -698,58 +723,102 @@ struct AuditLog::State {
         }
       }
       fail(Failure::io,
-           "short write (" + std::to_string(n) + " of " + std::to_string(line.size()) + " bytes)");
+           "short write (" + std::to_string(n) + " of " + std::to_string(lines.size()) + " bytes)");
     }
-    size += line.size();
+    size += lines.size();
   }
 
   // `body` is record_body(record) when the caller built it before locking.
   AuditCheckpoint append(AuditRecord record, std::unique_lock<std::mutex>& lock,
                          const std::string* body = nullptr) {
-    ensure_writable();
     std::string built;
     if (!body) {
       if (record.time_ms == 0) record.time_ms = now_ms();
       built = record_body(record);
       body = &built;
     }
-    const std::uint64_t seq = last_seq + 1;
-    auto canonical = canonical_record(seq, *body, last_tag);
-    Tag tag{};
-    try {
-      tag = chain_tag(mac, last_tag, canonical);
-    } catch (const std::exception& e) {
-      fail(Failure::io, std::string("the audit key's MAC failed: ") + e.what());
+    Queued me{.body = body, .durable = record.durable, .written = {}, .error = {}, .done = false};
+    queue.push_back(&me);
+    while (!me.done) {
+      if (writing) {
+        batch_done.wait(lock);
+      } else {
+        write_queued(lock);
+      }
     }
-    auto line = with_tag(canonical, tag) + "\n";
-    rotate_if_needed(line.size());
-    write_line(line);
-    last_seq = seq;
-    last_tag = tag;
-    if (first_seq == 0) first_seq = seq;
-    recovered();
+    if (me.error) std::rethrow_exception(me.error);
+    if (me.durable) sync_through(me.written.seq, lock);
+    return me.written;
+  }
 
-    AuditCheckpoint written{seq, tag};
-    if (options.checkpoint_every != 0 && seq % options.checkpoint_every == 0) {
-      // Under the lock, so that callbacks arrive in seq order and name only
-      // records on disk.
-      sync_holding_lock();
-      if (options.on_checkpoint) {
+  // Writes every queued record as the writer; each gets its seq and tag or,
+  // when the batch cannot be written, the error (and no seq is used).
+  void write_queued(std::unique_lock<std::mutex>& lock) {
+    writing = true;
+    std::vector<Queued*> batch;
+    batch.swap(queue);
+    try {
+      ensure_writable();
+      std::uint64_t seq = last_seq;
+      Tag tag = last_tag;
+      std::string lines;
+      for (auto* record : batch) {
+        ++seq;
+        auto canonical = canonical_record(seq, *record->body, tag);
         try {
-          options.on_checkpoint(written);
+          tag = chain_tag(mac, tag, canonical);
         } catch (const std::exception& e) {
-          spdlog::error("audit log {}: storing checkpoint {} failed: {}", path.string(), seq,
-                        e.what());
+          fail(Failure::io, std::string("the audit key's MAC failed: ") + e.what());
+        }
+        lines += with_tag(canonical, tag);
+        lines += '\n';
+        record->written = {seq, tag};
+      }
+      rotate_if_needed(lines.size());
+      write_batch(lines, lock);
+      if (first_seq == 0) first_seq = last_seq + 1;
+      last_seq = seq;
+      last_tag = tag;
+      recovered();
+      bool lazy = false;
+      for (auto* record : batch) {
+        record->done = true;
+        lazy = lazy || !record->durable;
+        if (options.checkpoint_every != 0 && record->written.seq % options.checkpoint_every == 0) {
+          checkpoint(record->written);
         }
       }
-    } else if (record.durable) {
-      sync_through(seq, lock);
-    } else if (!dirty) {
-      dirty = true;
-      sync_due = SteadyClock::now() + options.sync_interval;
-      wake.notify_one();
+      if (lazy && !dirty) {
+        dirty = true;
+        sync_due = SteadyClock::now() + options.sync_interval;
+        wake.notify_one();
+      }
+    } catch (...) {
+      const auto error = std::current_exception();
+      for (auto* record : batch) {
+        record->error = error;
+        record->done = true;
+      }
     }
-    return written;
+    writing = false;
+    batch_done.notify_all();
+  }
+
+  // Under the lock, so that callbacks arrive in seq order and name only
+  // records on disk.
+  void checkpoint(const AuditCheckpoint& written) {
+    try {
+      sync_holding_lock();
+    } catch (const Error&) {
+      return;  // fail() logged it; durable appenders get the error from their own sync
+    }
+    if (!options.on_checkpoint) return;
+    try {
+      options.on_checkpoint(written);
+    } catch (const std::exception& e) {
+      spdlog::error("audit log {}: storing checkpoint {} failed: {}", path.string(), written.seq,
+                    e.what());
+    }
   }
 
   // --- syncing ------------------------------------------------------------
@@ -995,6 +1064,11 @@ bool AuditLog::note_denial(AuditRecord record) {
 std::uint64_t AuditLog::sync_count() const {
   std::lock_guard lock(state_->mu);
   return state_->syncs;
+}
+
+std::uint64_t AuditLog::write_count() const {
+  std::lock_guard lock(state_->mu);
+  return state_->writes;
 }
 
 // --- verification -----------------------------------------------------------

@@ -103,9 +103,12 @@ class AuditLog {
   AuditLog(const AuditLog&) = delete;
   AuditLog& operator=(const AuditLog&) = delete;
 
-  // Appends one record (seq = last + 1, prev = last tag) with one write()
-  // before returning; durable records (and checkpoint records) are also
+  // Appends one record (seq = last + 1, prev = last tag), written before
+  // returning; durable records (and checkpoint records) are also
   // fdatasync'ed first, concurrent durable appends sharing one fdatasync.
+  // Concurrent appends share write()s too: records queued while one batch
+  // is being written are chained and written together by one of their
+  // callers, with one check of the file's identity.
   // Thread-safe; seq order is write order. Writes the principal's pending
   // denial summaries first, so the log keeps that principal's order.
   //
@@ -145,6 +148,9 @@ class AuditLog {
 
   // fdatasync calls made so far, for tests and benchmarks.
   std::uint64_t sync_count() const;
+  // write() calls made so far: records queued while one is written go out
+  // together in the next (group write).
+  std::uint64_t write_count() const;
 
  private:
   struct State;

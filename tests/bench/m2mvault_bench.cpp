@@ -225,10 +225,19 @@ int main(int argc, char** argv) {
   app.add_option("--socket", socket, "Daemon socket")->required();
   app.add_option("--seconds", seconds, "Duration of each measurement");
   app.add_option("--clients", client_counts, "Concurrent client counts")->delimiter(',');
+  std::vector<std::string> only;
+  app.add_option("--only", only,
+                 "Run only these measurements: ping, check, sign, import, derive, generate "
+                 "(default: all)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"ping", "check", "sign", "import", "derive", "generate"}));
   CLI11_PARSE(app, argc, argv);
+  const auto wanted = [&](const char* tag) {
+    return only.empty() || std::find(only.begin(), only.end(), tag) != only.end();
+  };
 
   std::vector<Result> results;
-  results.push_back(raw_floor(seconds));
+  if (only.empty()) results.push_back(raw_floor(seconds));
 
   Client setup(socket);
   std::vector<std::uint8_t> kpsa(32);
@@ -241,24 +250,29 @@ int main(int argc, char** argv) {
   const std::string digest = m2mvault::encoding::base64_encode(std::vector<std::uint8_t>(32, 0x5a));
 
   for (int clients : client_counts) {
-    results.push_back(run_clients("API round trip (ping)", socket, clients, seconds,
-                                  [](Client& c, int, std::uint64_t) { c.call("ping"); }));
-    results.push_back(run_clients(
-        "HMAC in token (key.check)", socket, clients, seconds, [&](Client& c, int, std::uint64_t) {
-          c.call("key.check", {{"key", "bench-" + run_tag + "@bench.example.com"}});
-        }));
-    results.push_back(run_clients(
-        "ECDSA P-256 sign", socket, clients, seconds, [&](Client& c, int, std::uint64_t) {
-          c.call("sign", {{"key", "bench-sign-" + run_tag}, {"digest", digest}});
-        }));
-    results.push_back(run_clients("Kpsa creation (key.import)", socket, clients, seconds,
-                                  [&](Client& c, int client, std::uint64_t i) {
-                                    c.call("key.import",
-                                           {{"kind", "kpsa"},
-                                            {"id", fmt::format("b{}-{}-{}-{}@bench.example.com",
-                                                               run_tag, clients, client, i)},
-                                            {"value", m2mvault::encoding::base64_encode(kpsa)}});
-                                  }));
+    if (wanted("ping"))
+      results.push_back(run_clients("API round trip (ping)", socket, clients, seconds,
+                                    [](Client& c, int, std::uint64_t) { c.call("ping"); }));
+    if (wanted("check"))
+      results.push_back(
+          run_clients("HMAC in token (key.check)", socket, clients, seconds,
+                      [&](Client& c, int, std::uint64_t) {
+                        c.call("key.check", {{"key", "bench-" + run_tag + "@bench.example.com"}});
+                      }));
+    if (wanted("sign"))
+      results.push_back(run_clients(
+          "ECDSA P-256 sign", socket, clients, seconds, [&](Client& c, int, std::uint64_t) {
+            c.call("sign", {{"key", "bench-sign-" + run_tag}, {"digest", digest}});
+          }));
+    if (wanted("import"))
+      results.push_back(run_clients("Kpsa creation (key.import)", socket, clients, seconds,
+                                    [&](Client& c, int client, std::uint64_t i) {
+                                      c.call("key.import",
+                                             {{"kind", "kpsa"},
+                                              {"id", fmt::format("b{}-{}-{}-{}@bench.example.com",
+                                                                 run_tag, clients, client, i)},
+                                              {"value", m2mvault::encoding::base64_encode(kpsa)}});
+                                    }));
   }
   std::vector<std::uint8_t> ke(32);
   for (std::size_t i = 0; i < ke.size(); ++i) ke[i] = static_cast<std::uint8_t>(i);
@@ -268,6 +282,7 @@ int main(int argc, char** argv) {
                             {"name", ke_name},
                             {"value", m2mvault::encoding::base64_encode(ke)}});
   for (int clients : client_counts) {
+    if (!wanted("derive")) break;
     results.push_back(run_clients("Km derivation (key.derive)", socket, clients, seconds,
                                   [&](Client& c, int client, std::uint64_t i) {
                                     c.call("key.derive",
@@ -278,14 +293,18 @@ int main(int argc, char** argv) {
                                                                run_tag, clients, client, i)}});
                                   }));
   }
-  for (auto& r : raw_derivations(client_counts, seconds)) results.push_back(std::move(r));
+  if (wanted("derive")) {
+    for (auto& r : raw_derivations(client_counts, seconds)) results.push_back(std::move(r));
+  }
 
-  results.push_back(run_clients(
-      "signing key generation (token object)", socket, 1, seconds,
-      [&](Client& c, int, std::uint64_t i) {
-        c.call("key.generate", {{"kind", "signing"}, {"name", fmt::format("g{}-{}", run_tag, i)}});
-      },
-      200));
+  if (wanted("generate"))
+    results.push_back(run_clients(
+        "signing key generation (token object)", socket, 1, seconds,
+        [&](Client& c, int, std::uint64_t i) {
+          c.call("key.generate",
+                 {{"kind", "signing"}, {"name", fmt::format("g{}-{}", run_tag, i)}});
+        },
+        200));
 
   fmt::print(
       "| measurement | clients | p50 (µs) | p99 (µs) | ops/s | ops "

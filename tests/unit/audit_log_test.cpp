@@ -1,9 +1,11 @@
 #include "policies/audit_log.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -121,8 +123,8 @@ TEST_F(AuditLogTest, AwkwardTextIsWrittenAsJsonAndVerifies) {
   // Names come from clients and /proc: quotes, backslashes, control
   // characters, non-ASCII and invalid UTF-8 must all give valid JSON lines
   // that verification, which re-serializes each parsed line, accepts.
-  const std::vector<std::string> texts{"a\"b", "back\\slash", "new\nline\ttab\x01", "caf\xc3\xa9",
-                                       "bad\xff\xfeutf8", "", "\x7f"};
+  const std::vector<std::string> texts{
+      "a\"b", "back\\slash", "new\nline\ttab\x01", "caf\xc3\xa9", "bad\xff\xfeutf8", "", "\x7f"};
   {
     AuditLog log(options(), kMac);
     for (const auto& text : texts) {
@@ -450,6 +452,80 @@ TEST_F(AuditLogTest, ConcurrentAppendsMakeAGapFreeChain) {
   EXPECT_TRUE(report.intact) << report.problem->detail;
   EXPECT_EQ(report.records, 1600u);
   EXPECT_EQ(report.last_seq, 1600u);
+}
+
+TEST_F(AuditLogTest, RecordsQueuedDuringAWriteGoOutInOneWrite) {
+  // The log on a FIFO whose pipe holds less than the first record: that
+  // record's write() blocks until the test reads, and the records appended
+  // meanwhile must queue and then leave in a single write().
+  const auto fifo = dir_ / "audit.fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  ASSERT_GE(reader, 0);
+  ASSERT_GE(::fcntl(reader, F_SETPIPE_SZ, 4096), 4096);
+  AuditLogOptions o;
+  o.file = fifo;
+  std::string received;
+  auto drain = [&] {
+    char buffer[65536];
+    for (ssize_t n; (n = ::read(reader, buffer, sizeof buffer)) > 0;) received.append(buffer, n);
+  };
+  {
+    AuditLog log(o, kMac);
+    auto big = sign_request();
+    big.exe = std::string(3 * 65536, 'x');  // more than the pipe can ever hold
+    std::thread first([&] { log.append(big); });
+    while (log.write_count() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::vector<std::thread> queued;
+    for (int t = 0; t < 4; ++t) {
+      queued.emplace_back([&log, t] { log.append(sign_request("key-" + std::to_string(t))); });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let them queue
+    EXPECT_EQ(log.write_count(), 1u);
+    while (log.last().seq < 5) {
+      drain();
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    first.join();
+    for (auto& thread : queued) thread.join();
+    EXPECT_EQ(log.write_count(), 2u);  // the big record, then the four together
+  }
+  drain();
+  ::close(reader);
+  // The five records form one chain, seq 1 to 5, the big one first.
+  std::istringstream lines(received);
+  std::uint64_t expected = 1;
+  for (std::string line; std::getline(lines, line); ++expected) {
+    EXPECT_EQ(nlohmann::json::parse(line)["seq"], expected);
+  }
+  EXPECT_EQ(expected, 6u);
+  const auto copy = dir_ / "copy.log";
+  std::ofstream(copy) << received;
+  auto report = verify_audit_log(copy, kMac, std::nullopt);
+  EXPECT_TRUE(report.intact) << report.problem->detail;
+  EXPECT_EQ(report.records, 5u);
+}
+
+TEST_F(AuditLogTest, AFailedGroupWriteFailsEveryRecordInIt) {
+  AuditLogOptions o;
+  o.file = "/dev/full";
+  AuditLog log(o, kMac);
+  std::atomic<int> failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        try {
+          log.append(sign_request());
+        } catch (const Error& e) {
+          if (e.code() == ErrorCode::backend_unavailable) ++failed;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(failed.load(), 400);
+  EXPECT_EQ(log.last().seq, 0u);  // no seq used by any of them
 }
 
 TEST_F(AuditLogTest, DenialFloodIsCoalescedIntoOneSummary) {
