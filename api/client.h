@@ -40,6 +40,10 @@ class Client {
   std::uint64_t send(std::string_view op, const nlohmann::json& params = nlohmann::json::object());
   nlohmann::json receive();
 
+  // False once a transport failure has closed the connection; a request that
+  // failed while this stays true was answered by the daemon with an error.
+  bool connected() const noexcept { return fd_ >= 0; }
+
   // Raw access for tests of the transport: write bytes as they are.
   void send_raw(std::string_view bytes);
 

@@ -97,13 +97,21 @@ nlohmann::json DaemonLink::call(std::string_view op, const nlohmann::json& param
   auto pause = std::chrono::milliseconds(25);
   for (int attempt = 0;; ++attempt) {
     bool pooled = false;
+    std::unique_ptr<api::Client> client;
     try {
-      auto client = acquire(pooled);
+      client = acquire(pooled);
       auto result = client->call(op, params);
       release(std::move(client));
       return result;
     } catch (const Error& error) {
       if (error.code() != ErrorCode::backend_unavailable) throw;
+      // The daemon itself answered "unavailable" (its token or audit log
+      // failed): the request may have run and used the key, so it is not
+      // sent again. Only a request that never got an answer is retried.
+      if (client && client->connected()) {
+        release(std::move(client));
+        throw DaemonUnavailable(error);
+      }
       // A pooled connection the daemon closed (restart, idle timeout): the
       // other idle ones are as dead; retry at once on a fresh connection.
       // Otherwise back off until the window ends.

@@ -17,6 +17,13 @@
 
 namespace m2mvault::provider {
 
+// backend_unavailable as the daemon's own answer (its token or audit log
+// failed), as opposed to a daemon that could not be reached.
+class DaemonUnavailable : public Error {
+ public:
+  explicit DaemonUnavailable(const Error& answer) : Error(answer) {}
+};
+
 class DaemonLink {
  public:
   explicit DaemonLink(std::filesystem::path socket_path);
@@ -28,8 +35,10 @@ class DaemonLink {
 
   // Sends one request on an idle pooled connection (or a new one) and returns
   // its result. A lost or refused connection (backend_unavailable) is retried
-  // on a fresh connection for up to kReconnectWindow; every request the
-  // provider sends is idempotent. Throws m2mvault::Error as api::Client does.
+  // on a fresh connection for up to kReconnectWindow. A backend_unavailable
+  // answer from the daemon is not: the request may have run (a sign counts a
+  // use of a key with a usage limit), so it is thrown as DaemonUnavailable.
+  // Otherwise throws m2mvault::Error as api::Client does.
   nlohmann::json call(std::string_view op, const nlohmann::json& params);
 
   static constexpr std::chrono::milliseconds kReconnectWindow{2000};

@@ -230,8 +230,13 @@ void raise_daemon_error(const ProviderContext& provider, const Error& error,
   const std::string socket = provider.daemon->socket_path().string();
   switch (error.code()) {
     case ErrorCode::backend_unavailable:
-      raise_error(provider, kDaemonUnreachable, "daemon not reachable at %s: %s", socket.c_str(),
-                  error.what());
+      if (dynamic_cast<const DaemonUnavailable*>(&error) != nullptr) {
+        raise_error(provider, kDaemonUnreachable, "m2mvaultd (%s) is unavailable: %s",
+                    socket.c_str(), error.what());
+      } else {
+        raise_error(provider, kDaemonUnreachable, "daemon not reachable at %s: %s", socket.c_str(),
+                    error.what());
+      }
       return;
     case ErrorCode::denied:
       raise_error(provider, kDenied, "denied: %s", error.what());

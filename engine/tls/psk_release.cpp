@@ -158,8 +158,9 @@ ReleasedKey release_psk(const std::string& socket_path, const nlohmann::json& pa
       pool.give_back(socket_path, std::move(lease));
       return key;
     } catch (const Error& e) {
-      if (e.code() != ErrorCode::backend_unavailable) {
-        // An answer from the daemon: the connection is still good.
+      if (e.code() != ErrorCode::backend_unavailable || lease.client->connected()) {
+        // An answer from the daemon (even "unavailable": the release may
+        // have run and counted a use): the connection is still good.
         pool.give_back(socket_path, std::move(lease));
         throw;
       }

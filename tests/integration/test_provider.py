@@ -12,6 +12,7 @@ M2MVAULT_PROVIDER_DIR.
 """
 import base64
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -431,6 +432,33 @@ class TestErrors(ProviderTestCase):
                            capture_output=True, env=self.cli_env())
         self.assertNotEqual(p.returncode, 0)
         self.assertIn("denied: operation 'key.show' denied", p.stderr.decode())
+
+    def test_unavailable_answer_is_not_retried(self):
+        # The daemon signs, counts the use, then cannot write the audit record
+        # (its log was unlinked) and answers backend_unavailable. Sending the
+        # request again would sign and count again: the provider must not.
+        self.daemon.cli("key", "generate", "--name", "counted", "--max-uses", "100", check=True)
+        csr = os.path.join(self.dir, "counted.csr")
+        self.daemon.cli("cert", "csr", "--key", "counted", "--subject", "/CN=counted", "--out", csr, check=True)
+        cert = self.pki.sign_csr(csr, "counted")
+        def uses():
+            return json.loads(self.daemon.cli("key", "show", "counted", "--json", check=True).stdout)["uses"]
+
+        before = uses()  # the CSR counted one
+        server = Server([*PROVIDER_ARGS, "-key", "m2mvault:counted", "-cert", cert, "-tls1_2",
+                         "-cipher", tlspeer.CERT_CIPHER], self.cli_env())
+        log = os.path.join(self.daemon.state, "audit", "audit.log")
+        saved = log + ".saved"
+        try:
+            self.assertIsNotNone(server.port, server.output())
+            os.rename(log, saved)  # the open log is no longer at its path
+            client = s_client(server.port, ["-tls1_2", "-cipher", tlspeer.CERT_CIPHER], clean_env())
+            self.assertNotIn("Cipher is " + tlspeer.CERT_CIPHER, client.stdout.decode(errors="replace"))
+        finally:
+            out = server.close()
+            os.rename(saved, log)
+        self.assertIn("is unavailable: audit log", out)
+        self.assertEqual(uses(), before + 1, out)
 
     def test_reference_to_unknown_key_fails(self):
         # OpenSSL 3.0's file: store replaces decoder errors by "unsupported";
