@@ -183,9 +183,12 @@ class SecureElement {
   virtual Hmac audit_epoch_mac_for(std::span<const std::uint8_t> nonce,
                                    std::span<const std::uint8_t> data) = 0;
 
-  // The audit checkpoint kept in the token (a private data object; on a TPM,
-  // for now, a file in the state directory), and read back; nullopt before
-  // the first one.
+  // The audit checkpoint kept in the token, and read back; nullopt before
+  // the first one. On PKCS#11 a private data object; on a TPM an NV record
+  // bound to an NV counter, which load refuses (Error(unavailable)) when it
+  // was rolled back or written without the audit key, and store refuses to
+  // move back (Error(invalid_argument)): values compare bytewise, as the
+  // vault's (big-endian sequence number first) do in sequence order.
   virtual void store_audit_checkpoint(std::span<const std::uint8_t> value) = 0;
   virtual std::optional<Bytes> load_audit_checkpoint() = 0;
 

@@ -132,7 +132,9 @@ AuditTrail::AuditTrail(const Config& config, const std::filesystem::path& state_
     // the log takes records (and this epoch record first).
     spdlog::error("audit log: cannot record this run's epoch: {}", e.what());
   }
-  checkpointer_ = std::thread([this] { checkpoint_loop(); });
+  // Before the checkpointer starts: reading the stored checkpoint may throw
+  // (a TPM checkpoint rolled back), and a constructor that throws must not
+  // leave a joinable thread behind.
   const auto last = log_->last();
   if (auto stored = stored_audit_checkpoint(catalog_, se_); stored && stored->seq > last.seq) {
     spdlog::error(
@@ -140,6 +142,7 @@ AuditTrail::AuditTrail(const Config& config, const std::filesystem::path& state_
         "audit verify' reports it",
         path().string(), last.seq, stored->seq);
   }
+  checkpointer_ = std::thread([this] { checkpoint_loop(); });
 }
 
 AuditTrail::~AuditTrail() {

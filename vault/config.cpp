@@ -120,9 +120,20 @@ Config load_config(const std::optional<std::filesystem::path>& file) {
     bad(*file, *root.get("tcti"), "'tcti' needs backend = \"tpm2\"");
   }
   if (const toml::table* t =
-          section(*file, root, "tpm2", {"password_auth_for_signing", "max_loaded_objects"})) {
+          section(*file, root, "tpm2",
+                  {"password_auth_for_signing", "max_loaded_objects", "audit_nv_index"})) {
     read(*file, *t, "password_auth_for_signing", config.tpm2.password_auth_for_signing);
     read(*file, *t, "max_loaded_objects", config.tpm2.max_loaded_objects);
+    if (const toml::node* node = t->get("audit_nv_index")) {
+      // The record index and the counter after it, both in the owner range.
+      const auto v = node->value<std::int64_t>();
+      if (!v || *v < 0x01800000 || *v >= 0x01BFFFFF) {
+        bad(*file, *node,
+            "'audit_nv_index' must be an NV index in the owner range, 0x01800000..0x01BFFFFE "
+            "(its counter takes the next one)");
+      }
+      config.tpm2.audit_nv_index = static_cast<std::uint32_t>(*v);
+    }
   }
   if (const toml::table* p =
           section(*file, root, "pkcs11",

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -33,6 +34,9 @@ struct Tpm2Settings {
   bool password_auth_for_signing = false;
   // Objects kept loaded besides the primary; 0: what the TPM guarantees.
   std::size_t max_loaded_objects = 0;
+  // The audit checkpoint's NV record index (its counter is the next handle),
+  // in the owner range 0x01800000..0x01BFFFFF; hsm::tpm2::kDefaultAuditNvIndex.
+  std::uint32_t audit_nv_index = 0x01834D30;
 };
 
 // The TLS handshakes the daemon runs (TS-0003 10.3.1; docs/HANDSHAKES.md).

@@ -144,6 +144,8 @@ StateDir::StateDir(const Config& config) {
   tpm2_.tpm.tcti = config.tcti.empty() ? hsm::tpm2::kDefaultTcti : config.tcti;
   tpm2_.tpm.password_auth_for_signing = config.tpm2.password_auth_for_signing;
   tpm2_.tpm.max_loaded_objects = config.tpm2.max_loaded_objects;
+  static_assert(Tpm2Settings{}.audit_nv_index == hsm::tpm2::kDefaultAuditNvIndex);
+  tpm2_.audit_nv_index = config.tpm2.audit_nv_index;
   if (config.embedded()) {
     pkcs11_ = hsm::pkcs11::embedded_config(path_);
   } else {

@@ -1,5 +1,5 @@
 // The daemon's state directory: catalog, embedded token, PIN files, lock;
-// with the tpm2 backend, its audit key and checkpoint files instead of a token.
+// with the tpm2 backend, its audit key file instead of a token.
 //
 // First initialization happens in a staging directory beside it that is
 // renamed into place, so a crash during it leaves nothing half-made (a stale

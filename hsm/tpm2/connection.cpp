@@ -28,6 +28,24 @@ void LoadedHandle::abandon() noexcept {
   handle_ = ESYS_TR_NONE;
 }
 
+ResourceRecord::ResourceRecord(ResourceRecord&& other) noexcept
+    : esys_(std::exchange(other.esys_, nullptr)),
+      handle_(std::exchange(other.handle_, ESYS_TR_NONE)) {}
+
+ResourceRecord& ResourceRecord::operator=(ResourceRecord&& other) noexcept {
+  if (this != &other) {
+    close();
+    esys_ = std::exchange(other.esys_, nullptr);
+    handle_ = std::exchange(other.handle_, ESYS_TR_NONE);
+  }
+  return *this;
+}
+
+void ResourceRecord::close() noexcept {
+  if (handle_ != ESYS_TR_NONE) Esys_TR_Close(esys_, &handle_);
+  handle_ = ESYS_TR_NONE;
+}
+
 Connection::Connection(const std::string& tcti) {
   TSS2_TCTI_CONTEXT* raw_tcti = nullptr;
   check(Tss2_TctiLdr_Initialize(tcti.c_str(), &raw_tcti),
@@ -97,6 +115,24 @@ std::size_t Connection::flush_everything() {
     }
   }
   return flushed;
+}
+
+bool Connection::holds(TPM2_HANDLE handle) {
+  TPMI_YES_NO more = TPM2_NO;
+  TPMS_CAPABILITY_DATA* raw = nullptr;
+  const TSS2_RC rc = Esys_GetCapability(esys(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                        TPM2_CAP_HANDLES, handle, 1, &more, &raw);
+  const EsysPtr<TPMS_CAPABILITY_DATA> data(raw);
+  check(rc, "TPM2_GetCapability(TPM_CAP_HANDLES)");
+  // The list starts at the first handle >= `handle`.
+  return data->data.handles.count > 0 && data->data.handles.handle[0] == handle;
+}
+
+ResourceRecord Connection::record_of(TPM2_HANDLE handle) {
+  ESYS_TR record = ESYS_TR_NONE;
+  check(Esys_TR_FromTPMPublic(esys(), handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &record),
+        "Esys_TR_FromTPMPublic");
+  return ResourceRecord(esys(), record);
 }
 
 std::uint32_t Connection::fixed_property(TPM2_PT property) {

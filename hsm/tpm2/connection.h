@@ -36,6 +36,28 @@ class LoadedHandle {
   ESYS_TR handle_ = ESYS_TR_NONE;
 };
 
+// The ESAPI's record of a TPM resource that is never flushed (an NV index),
+// made by Esys_TR_FromTPMPublic: closed (Esys_TR_Close, no TPM command) when
+// destroyed.
+class ResourceRecord {
+ public:
+  ResourceRecord() = default;
+  ResourceRecord(ESYS_CONTEXT* esys, ESYS_TR handle) noexcept : esys_(esys), handle_(handle) {}
+  ResourceRecord(ResourceRecord&& other) noexcept;
+  ResourceRecord& operator=(ResourceRecord&& other) noexcept;
+  ResourceRecord(const ResourceRecord&) = delete;
+  ResourceRecord& operator=(const ResourceRecord&) = delete;
+  ~ResourceRecord() { close(); }
+
+  ESYS_TR get() const noexcept { return handle_; }
+
+ private:
+  void close() noexcept;
+
+  ESYS_CONTEXT* esys_ = nullptr;
+  ESYS_TR handle_ = ESYS_TR_NONE;
+};
+
 class Connection {
  public:
   // Opens the TCTI named by `tcti` ("device:/dev/tpmrm0", "swtpm:port=N",
@@ -60,6 +82,15 @@ class Connection {
 
   // TPM2_GetCapability(TPM_CAP_HANDLES) from `first` within its handle range.
   std::vector<TPM2_HANDLE> handles(TPM2_HANDLE first);
+
+  // True when the TPM holds `handle` (an NV index, a persistent object):
+  // TPM2_GetCapability, which, unlike reading its public area, does not
+  // fail (and make tpm2-tss log an error) when there is none.
+  bool holds(TPM2_HANDLE handle);
+
+  // An ESAPI record of the NV index or persistent object `handle`
+  // (Esys_TR_FromTPMPublic: reads its public area from the TPM).
+  ResourceRecord record_of(TPM2_HANDLE handle);
 
   // A fixed TPM property (TPM2_CAP_TPM_PROPERTIES), e.g. TPM2_PT_HR_TRANSIENT_MIN.
   std::uint32_t fixed_property(TPM2_PT property);

@@ -6,6 +6,7 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <utility>
 
@@ -62,6 +63,87 @@ Hmac software_hmac(std::span<const std::uint8_t> key, std::span<const std::uint8
       size != out.size()) {
     throw Error(Failure::internal, "HMAC-SHA-256 failed");
   }
+  return out;
+}
+
+void check_nv_index(const NvIndex& index) {
+  if (index.handle < kOwnerNvFirst || index.handle > kOwnerNvLast) {
+    throw Error(Failure::invalid_argument,
+                "NV index " + hex_handle(index.handle) + " is outside the owner range " +
+                    hex_handle(kOwnerNvFirst) + ".." + hex_handle(kOwnerNvLast));
+  }
+  if (index.size == 0 || index.size > kMaxNvSize ||
+      (index.type == NvType::counter && index.size != 8)) {
+    throw Error(Failure::invalid_argument, "NV index " + hex_handle(index.handle) + ": size " +
+                                               std::to_string(index.size) +
+                                               " is not allowed for its type");
+  }
+}
+
+// The attributes the vault defines an index with (NvIndex's comment).
+TPMA_NV nv_attributes(NvType type) {
+  TPMA_NV attributes = TPMA_NV_OWNERWRITE | TPMA_NV_OWNERREAD | TPMA_NV_AUTHREAD | TPMA_NV_NO_DA;
+  if (type == NvType::counter) attributes |= TPM2_NT_COUNTER << TPMA_NV_TPM2_NT_SHIFT;
+  return attributes;
+}
+
+// Attribute bits the TPM changes as an index is used: not its definition.
+constexpr TPMA_NV kNvStatusBits = TPMA_NV_WRITTEN | TPMA_NV_WRITELOCKED | TPMA_NV_READLOCKED;
+
+TPM2B_NV_PUBLIC nv_public_of(const NvIndex& index) {
+  TPM2B_NV_PUBLIC out{};
+  out.nvPublic.nvIndex = index.handle;
+  out.nvPublic.nameAlg = TPM2_ALG_SHA256;
+  out.nvPublic.attributes = nv_attributes(index.type);
+  out.nvPublic.dataSize = index.size;
+  return out;
+}
+
+// The failure of an NV command: a TPM that will not write NV now (rate
+// limit, NV busy or full) or will not take the owner's empty authorization
+// cannot keep the checkpoint; the caller can try again later.
+Failure nv_failure(TSS2_RC rc) {
+  switch (tpm_error_number(rc)) {
+    case TPM2_RC_NV_RATE:
+    case TPM2_RC_NV_UNAVAILABLE:
+    case TPM2_RC_NV_SPACE:
+    case TPM2_RC_NV_AUTHORIZATION:
+    case TPM2_RC_BAD_AUTH:
+    case TPM2_RC_AUTH_FAIL:
+      return Failure::unavailable;
+    default:
+      return failure_of(rc);
+  }
+}
+
+// An NV index as found in the TPM: its ESAPI record (none when absent).
+struct OpenedNv {
+  ResourceRecord record;
+  NvState state = NvState::absent;
+};
+
+OpenedNv open_nv(Connection& connection, const NvIndex& index) {
+  OpenedNv out;
+  if (!connection.holds(index.handle)) return out;
+  out.record = connection.record_of(index.handle);
+  TPM2B_NV_PUBLIC* raw_public = nullptr;
+  TPM2B_NAME* raw_name = nullptr;
+  const TSS2_RC rc = Esys_NV_ReadPublic(connection.esys(), out.record.get(), ESYS_TR_NONE,
+                                        ESYS_TR_NONE, ESYS_TR_NONE, &raw_public, &raw_name);
+  const EsysPtr<TPM2B_NV_PUBLIC> found(raw_public);
+  const EsysPtr<TPM2B_NAME> name(raw_name);
+  check(rc, "TPM2_NV_ReadPublic");
+  const TPMS_NV_PUBLIC& area = found->nvPublic;
+  const TPMA_NV wanted = nv_attributes(index.type);
+  if ((area.attributes & ~kNvStatusBits) != wanted || area.dataSize != index.size ||
+      area.nameAlg != TPM2_ALG_SHA256 || area.authPolicy.size != 0) {
+    char detail[96];
+    std::snprintf(detail, sizeof detail, "attributes 0x%08x, size %u (the vault's: 0x%08x, %u)",
+                  area.attributes & ~kNvStatusBits, area.dataSize, wanted, index.size);
+    throw Error(Failure::unavailable, "NV index " + hex_handle(index.handle) +
+                                          " is defined by something else: " + detail);
+  }
+  out.state = (area.attributes & TPMA_NV_WRITTEN) != 0 ? NvState::written : NvState::unwritten;
   return out;
 }
 
@@ -435,6 +517,89 @@ Bytes Tpm2::sign_digest(std::span<const std::uint8_t> key, DigestAlgorithm algor
     }
     return ecdsa_der(signature->signature.ecdsa);
   });
+}
+
+// --- NV indices -------------------------------------------------------------------
+
+NvState Tpm2::nv_state(const NvIndex& index) {
+  check_nv_index(index);
+  return run([&](Link& link) { return open_nv(link.connection, index).state; });
+}
+
+void Tpm2::nv_define(const NvIndex& index) {
+  check_nv_index(index);
+  run([&](Link& link) {
+    // Defined already, or by the first try of this retried operation.
+    if (open_nv(link.connection, index).state != NvState::absent) return;
+    const TPM2B_AUTH empty_auth{};
+    const TPM2B_NV_PUBLIC public_info = nv_public_of(index);
+    ESYS_TR defined = ESYS_TR_NONE;
+    const TSS2_RC rc =
+        Esys_NV_DefineSpace(link.esys(), ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                            ESYS_TR_NONE, &empty_auth, &public_info, &defined);
+    const ResourceRecord record(link.esys(), defined);
+    check(rc, ("TPM2_NV_DefineSpace(" + hex_handle(index.handle) + ")").c_str(), nv_failure(rc));
+  });
+}
+
+Bytes Tpm2::nv_read(const NvIndex& index) {
+  check_nv_index(index);
+  return run([&](Link& link) {
+    const OpenedNv nv = open_nv(link.connection, index);
+    if (nv.state != NvState::written) {
+      throw Error(Failure::not_found,
+                  "NV index " + hex_handle(index.handle) +
+                      (nv.state == NvState::absent ? " is not defined" : " was never written"));
+    }
+    TPM2B_MAX_NV_BUFFER* raw = nullptr;
+    const TSS2_RC rc = Esys_NV_Read(link.esys(), nv.record.get(), nv.record.get(), ESYS_TR_PASSWORD,
+                                    ESYS_TR_NONE, ESYS_TR_NONE, index.size, 0, &raw);
+    const EsysPtr<TPM2B_MAX_NV_BUFFER> data(raw);
+    check(rc, "TPM2_NV_Read", nv_failure(rc));
+    return Bytes(data->buffer, data->buffer + data->size);
+  });
+}
+
+void Tpm2::nv_write(const NvIndex& index, std::span<const std::uint8_t> data) {
+  check_nv_index(index);
+  check_size(data, index.size, "NV data");
+  TPM2B_MAX_NV_BUFFER buffer{};
+  buffer.size = static_cast<UINT16>(data.size());
+  std::copy(data.begin(), data.end(), buffer.buffer);
+  run([&](Link& link) {
+    const OpenedNv nv = open_nv(link.connection, index);
+    if (nv.state == NvState::absent) {
+      throw Error(Failure::not_found, "NV index " + hex_handle(index.handle) + " is not defined");
+    }
+    const TSS2_RC rc = Esys_NV_Write(link.esys(), ESYS_TR_RH_OWNER, nv.record.get(),
+                                     ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buffer, 0);
+    check(rc, "TPM2_NV_Write", nv_failure(rc));
+  });
+}
+
+void Tpm2::nv_increment(const NvIndex& index) {
+  check_nv_index(index);
+  run([&](Link& link) {
+    const OpenedNv nv = open_nv(link.connection, index);
+    if (nv.state == NvState::absent) {
+      throw Error(Failure::not_found, "NV index " + hex_handle(index.handle) + " is not defined");
+    }
+    const TSS2_RC rc = Esys_NV_Increment(link.esys(), ESYS_TR_RH_OWNER, nv.record.get(),
+                                         ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE);
+    check(rc, "TPM2_NV_Increment", nv_failure(rc));
+  });
+}
+
+std::uint64_t Tpm2::nv_count(const NvIndex& index) {
+  if (index.type != NvType::counter) {
+    throw Error(Failure::invalid_argument,
+                "NV index " + hex_handle(index.handle) + " is not a counter");
+  }
+  const Bytes data = nv_read(index);
+  if (data.size() != 8) throw Error(Failure::internal, "TPM2_NV_Read of a counter: not 8 bytes");
+  std::uint64_t count = 0;
+  for (const std::uint8_t byte : data) count = (count << 8) | byte;
+  return count;
 }
 
 // --- blobs ------------------------------------------------------------------------

@@ -6,6 +6,9 @@
 // is stored in the TPM: the primary is re-created from the owner hierarchy's
 // seed, so a daemon restart or a TPM reset loses no key.
 //
+// NV memory holds only what the backend needs the TPM itself to keep (the
+// audit checkpoint, nv_checkpoint.h), through the nv_* operations.
+//
 // Three kinds of object, each usable for one thing only (the TPM enforces
 // it: TPM2_Unseal of an HMAC key fails TPM_RC_ATTRIBUTES, TPM2_HMAC with
 // sealed data TPM_RC_KEY):
@@ -57,6 +60,28 @@ struct Config {
 };
 
 enum class DigestAlgorithm { sha256, sha384 };
+
+// The owner hierarchy's NV index range (TCG handle registry).
+inline constexpr std::uint32_t kOwnerNvFirst = 0x01800000;
+inline constexpr std::uint32_t kOwnerNvLast = 0x01BFFFFF;
+// Largest NV index the vault defines: read and written in one command
+// (TPM_PT_NV_BUFFER_MAX is 1024 on swtpm and the reference implementation).
+inline constexpr std::size_t kMaxNvSize = 512;
+
+enum class NvType { ordinary, counter };
+
+// An NV index as the vault defines it in the owner hierarchy: written and
+// incremented with the owner's authorization (assumed empty, as for the
+// primary), read with its own empty auth value (nothing the vault keeps in
+// NV is secret), noDA, not orderly (every update reaches NV before the
+// command returns).
+struct NvIndex {
+  std::uint32_t handle = 0;  // kOwnerNvFirst..kOwnerNvLast
+  NvType type = NvType::ordinary;
+  std::uint16_t size = 0;  // 1..kMaxNvSize; 8 for a counter
+};
+
+enum class NvState { absent, unwritten, written };
 
 // Counters for tests and benchmarks.
 struct Stats {
@@ -143,6 +168,30 @@ class Tpm2 {
   // 48 for SHA-384). Returns the DER ECDSA-Sig-Value.
   Bytes sign_digest(std::span<const std::uint8_t> key, DigestAlgorithm algorithm,
                     std::span<const std::uint8_t> digest);
+
+  // --- NV indices -------------------------------------------------------------
+  // Each runs as one retried operation (a lost connection reconnects and
+  // runs it again; an increment may then count twice, which callers allow).
+  // NV_RATE, NV_UNAVAILABLE, NV_SPACE and an owner authorization the TPM
+  // refuses are Error(unavailable).
+
+  // Whether `index` is defined, and written. Throws Error(unavailable) when
+  // its handle holds an index the vault did not define like this (another
+  // type, size or attributes): something else uses that handle.
+  NvState nv_state(const NvIndex& index);
+  // TPM2_NV_DefineSpace, unless it is defined already.
+  void nv_define(const NvIndex& index);
+  // TPM2_NV_Read of the whole index. Error(not_found) unless it is written.
+  Bytes nv_read(const NvIndex& index);
+  // TPM2_NV_Write of `data` (1..index.size bytes) at offset 0 of an
+  // ordinary index. Error(not_found) unless it is defined.
+  void nv_write(const NvIndex& index, std::span<const std::uint8_t> data);
+  // TPM2_NV_Increment of a counter. Its first increment sets it one above
+  // the highest count any counter this TPM deleted had reached, so
+  // undefining and defining it again never sets it back.
+  void nv_increment(const NvIndex& index);
+  // The count of a written counter (big-endian in NV).
+  std::uint64_t nv_count(const NvIndex& index);
 
  private:
   struct Link;

@@ -41,6 +41,15 @@ std::string errno_text() {
   return std::strerror(errno);
 }
 
+// Makes a rename or an unlink of `path` durable.
+void sync_directory(const fs::path& path) {
+  const int dir = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
+  }
+}
+
 // Replaces `path` with `content` so that a crash leaves the old or the new
 // file, never a torn one: a temporary file (mode 0600) written and synced,
 // renamed over it, the directory synced.
@@ -58,11 +67,7 @@ void write_file_atomically(const fs::path& path, std::span<const std::uint8_t> c
     ::unlink(temporary.c_str());
     throw Error(Failure::unavailable, "cannot write " + path.string() + ": " + reason);
   }
-  const int dir = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
-  }
+  sync_directory(path);
 }
 
 std::optional<Bytes> read_file(const fs::path& path) {
@@ -80,7 +85,9 @@ class Tpm2Backend final : public SecureElement {
   explicit Tpm2Backend(const BackendConfig& config)
       : tpm_(std::make_shared<Tpm2>(config.tpm)),
         audit_key_path_(config.state_dir / kAuditKeyFile),
-        checkpoint_path_(config.state_dir / kAuditCheckpointFile) {
+        legacy_checkpoint_path_(config.state_dir / kLegacyAuditCheckpointFile),
+        checkpoint_(tpm_, config.audit_nv_index,
+                    [this](std::span<const std::uint8_t> data) { return audit_mac(data); }) {
     if (config.state_dir.empty())
       throw Error(Failure::unavailable, "the TPM backend needs a state directory");
     audit_key_ = load_or_create_audit_key();
@@ -194,14 +201,20 @@ class Tpm2Backend final : public SecureElement {
     return epochs_.mac_for(nonce, data);
   }
 
+  // In NV (nv_checkpoint.h). The file of a state directory from before is
+  // read until the first store puts a checkpoint in NV, then removed: from
+  // then on NV holds a later checkpoint than the file ever did.
   void store_audit_checkpoint(std::span<const std::uint8_t> value) override {
     std::lock_guard lock(checkpoint_mutex_);
-    write_file_atomically(checkpoint_path_, value);
+    checkpoint_.store(value);
+    std::error_code ignored;
+    if (fs::remove(legacy_checkpoint_path_, ignored)) sync_directory(legacy_checkpoint_path_);
   }
 
   std::optional<Bytes> load_audit_checkpoint() override {
     std::lock_guard lock(checkpoint_mutex_);
-    return read_file(checkpoint_path_);
+    if (auto value = checkpoint_.load()) return value;
+    return read_file(legacy_checkpoint_path_);
   }
 
  private:
@@ -239,9 +252,10 @@ class Tpm2Backend final : public SecureElement {
 
   std::shared_ptr<Tpm2> tpm_;  // shared with the EVP_PKEYs private_key() hands out
   fs::path audit_key_path_;
-  fs::path checkpoint_path_;
+  fs::path legacy_checkpoint_path_;
   Bytes audit_key_;  // an HMAC-key blob: usable only with this TPM
   std::mutex checkpoint_mutex_;
+  NvAuditCheckpoint checkpoint_;  // MACs with audit_key_, read after the constructor set it
   AuditEpochs epochs_{[this](std::span<const std::uint8_t> data) { return audit_mac(data); }};
 };
 

@@ -27,6 +27,12 @@ std::string describe_rc(TSS2_RC rc) {
   return std::string(code) + " (" + (decoded ? decoded : "unknown") + ")";
 }
 
+std::string hex_handle(std::uint32_t handle) {
+  char text[16];
+  std::snprintf(text, sizeof text, "0x%08x", handle);
+  return text;
+}
+
 bool is_lost_state(TSS2_RC rc) {
   if ((rc & TSS2_RC_LAYER_MASK) == TSS2_TCTI_RC_LAYER) return true;
   if (!is_tpm_layer(rc)) {

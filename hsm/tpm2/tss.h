@@ -6,6 +6,7 @@
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_tctildr.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -32,6 +33,9 @@ TSS2_RC tpm_error_number(TSS2_RC rc);
 
 // "0x000001c4 (tpm:parameter(1):value is out of range...)".
 std::string describe_rc(TSS2_RC rc);
+
+// "0x01834d30": a TPM handle as TPM tools and specifications print it.
+std::string hex_handle(std::uint32_t handle);
 
 // True for codes that mean the TPM lost what this process had loaded: the
 // connection dropped, the TPM was reset (TPM_RC_INITIALIZE), or a handle or

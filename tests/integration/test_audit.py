@@ -3,12 +3,13 @@ and fail-closed behaviour when a record cannot be written."""
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
 import unittest
 
-from vaultlib import DAEMON, Daemon, b64, ON_TPM
+from vaultlib import DAEMON, Daemon, b64, ON_TPM, tpm_only
 
 BROKEN = 13  # `m2mvault audit verify` when the chain is broken (conflict)
 
@@ -88,9 +89,65 @@ class AuditRecordsTest(unittest.TestCase):
         self.assertEqual(daemon.cli("audit", "verify").returncode, 0)
         daemon.stop()
         if ON_TPM:
-            self.assertTrue(os.path.exists(os.path.join(daemon.state, "tpm2-audit-checkpoint")))
+            # In TPM NV (test_a_whole_state_directory_put_back_...), never a file.
+            self.assertFalse(os.path.exists(os.path.join(daemon.state, "tpm2-audit-checkpoint")))
         else:
             self.assertIn("m2mvault-audit-checkpoint", daemon.token_objects())
+
+    @tpm_only("the checkpoint in TPM NV outlives the state directory; the embedded token's does not")
+    def test_a_whole_state_directory_put_back_from_an_earlier_copy_is_named_truncated(self):
+        daemon = Daemon().start()
+        self.addCleanup(daemon.cleanup)
+        daemon.cli("status", check=True)
+        daemon.stop()
+        earlier = os.path.join(daemon.root, "earlier-state")
+        shutil.copytree(daemon.state, earlier)
+        daemon.start()
+        for _ in range(6):
+            daemon.cli("status", check=True)
+        daemon.stop()
+        # Log, catalog and every file rolled back together, as a disk image
+        # or a backup put back would; the TPM (its own state here) is not.
+        shutil.rmtree(daemon.state)
+        shutil.copytree(earlier, daemon.state)
+        daemon.start()
+        self.assertIn("the log was cut", daemon.read_log())
+        p = daemon.cli("audit", "verify")
+        self.assertEqual(p.returncode, BROKEN, p.stdout.decode() + p.stderr.decode())
+        self.assertIn("truncated", p.stderr.decode())
+        # Stopping the daemon on the restored log does not move the
+        # checkpoint back, so the evidence outlives the next restart.
+        daemon.restart()
+        self.assertIn("refusing to move the audit checkpoint", daemon.read_log())
+        p = daemon.cli("audit", "verify")
+        self.assertEqual(p.returncode, BROKEN, p.stdout.decode() + p.stderr.decode())
+        self.assertIn("truncated", p.stderr.decode())
+
+
+@tpm_only("the audit checkpoint in TPM NV")
+@unittest.skipUnless(shutil.which("tpm2_nvwrite"), "needs tpm2-tools")
+class TpmCheckpointRollbackTest(unittest.TestCase):
+    def test_an_earlier_checkpoint_written_back_into_the_tpm_stops_the_daemon_with_the_reason(self):
+        daemon = Daemon().start()
+        self.addCleanup(daemon.cleanup)
+        daemon.cli("status", check=True)
+        daemon.stop()
+        tools = dict(os.environ, TPM2TOOLS_TCTI=daemon.swtpm.tcti, TSS2_LOG="all+none")
+        earlier = os.path.join(daemon.root, "earlier-checkpoint")
+        subprocess.run(["tpm2_nvread", "0x01834D30", "-o", earlier], env=tools, check=True,
+                       capture_output=True)
+        daemon.start()
+        daemon.cli("status", check=True)
+        daemon.stop()
+        # What anyone who can send commands to the TPM can do: the owner's
+        # authorization is empty.
+        subprocess.run(["tpm2_nvwrite", "-C", "o", "-i", earlier, "0x01834D30"], env=tools,
+                       check=True, capture_output=True)
+        p = subprocess.run([DAEMON, "--state-dir", daemon.state, "--socket", daemon.socket,
+                            *daemon.backend_args()], capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("rolled back", p.stderr)
+        self.assertIn("tpm2_nvundefine -C o 0x01834d30", p.stderr)
 
 
 class TamperTest(unittest.TestCase):

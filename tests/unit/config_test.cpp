@@ -56,6 +56,17 @@ TEST_F(ConfigFile, ReadsTheTpmBackendWithItsTctiAndTuning) {
   EXPECT_FALSE(load_config(write("backend = \"tpm2\"\n")).tpm2.password_auth_for_signing);
 }
 
+TEST_F(ConfigFile, TheAuditCheckpointsNvIndexIsAnOwnerIndexWithRoomForItsCounter) {
+  EXPECT_EQ(load_config(write("backend = \"tpm2\"\n")).tpm2.audit_nv_index, 0x01834D30u);
+  EXPECT_EQ(load_config(write("backend = \"tpm2\"\n[tpm2]\naudit_nv_index = 0x01800010\n"))
+                .tpm2.audit_nv_index,
+            0x01800010u);
+  for (const char* bad : {"0x01C00002", "0x01BFFFFF", "0x017FFFFF", "-1", "\"0x01800010\""}) {
+    EXPECT_THROW(load_config(write(std::string("[tpm2]\naudit_nv_index = ") + bad + "\n")), Error)
+        << bad;
+  }
+}
+
 TEST_F(ConfigFile, TctiWithoutTheTpmBackendAndUnknownBackendsAreRejected) {
   EXPECT_THROW(load_config(write("tcti = \"swtpm:port=2321\"\n")), Error);
   EXPECT_THROW(load_config(write("backend = \"tpm3\"\n")), Error);

@@ -12,26 +12,6 @@
 namespace m2mvault::hsm::tpm2::testing {
 namespace {
 
-namespace fs = std::filesystem;
-
-// A state directory for one test, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "m2mvault-tpm2-state-XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
 std::unique_ptr<SecureElement> open_on(const Swtpm& swtpm, const TempDir& state) {
   return open(BackendConfig{swtpm.config(), state.path()});
 }
@@ -149,7 +129,9 @@ TEST(Tpm2Backend, PrivateKeyIsAnEvpPkeyThatSignsInTheTpm) {
   }
 }
 
-TEST(Tpm2Backend, NothingPersistsInTheTpm) {
+// No key, that is: the audit checkpoint is the one thing in TPM NV
+// (nv_checkpoint_test.cpp).
+TEST(Tpm2Backend, NoKeyPersistsInTheTpm) {
   Swtpm swtpm;
   TempDir state;
   const auto se = open_on(swtpm, state);
@@ -160,7 +142,7 @@ TEST(Tpm2Backend, NothingPersistsInTheTpm) {
   EXPECT_NO_THROW(se->destroy_token_object(id));
 }
 
-TEST(Tpm2Backend, AuditKeyAndCheckpointLiveInTheStateDirectory) {
+TEST(Tpm2Backend, AuditKeyLivesInTheStateDirectoryAndTheCheckpointInTheTpm) {
   Swtpm swtpm;
   TempDir state;
   const Bytes data = text_bytes("record");
@@ -178,6 +160,7 @@ TEST(Tpm2Backend, AuditKeyAndCheckpointLiveInTheStateDirectory) {
   struct stat st {};
   ASSERT_EQ(::stat((state.path() / kAuditKeyFile).c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_FALSE(std::filesystem::exists(state.path() / kLegacyAuditCheckpointFile));
   const auto se = open_on(swtpm, state);
   EXPECT_EQ(se->audit_mac(data), first);
   EXPECT_EQ(se->load_audit_checkpoint(), text_bytes("two"));

@@ -5,6 +5,9 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <stdexcept>
 #include <string>
 
 #include "hsm/tpm2/tpm2.h"
@@ -19,6 +22,27 @@ using hsm::testing::parse_spki;
 using hsm::testing::Pkey;
 using hsm::testing::random_bytes;
 using hsm::testing::text_bytes;
+
+// A state directory for one test, removed at the end.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "m2mvault-tpm2-state-XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = pattern;
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 inline bool same_bytes(const SecureBuffer& buffer, std::span<const std::uint8_t> bytes) {
   return std::equal(buffer.data(), buffer.data() + buffer.size(), bytes.begin(), bytes.end());
