@@ -28,9 +28,9 @@ struct Pkcs11Settings {
 // `backend`; these tune it.
 struct Tpm2Settings {
   // TPM2_Sign authorized by the key's auth value sent as a password instead
-  // of through the salted session: ~10x the signatures/s with tpm2-tss 3.2,
-  // at the price of that auth value crossing the TPM interface in the clear
-  // (never the key). Off by default.
+  // of through the signing HMAC session: the auth value then crosses the TPM
+  // interface in the clear (never the key). The session now signs about as
+  // fast (docs/TPM2.md); kept for comparison and as a fallback. Off by default.
   bool password_auth_for_signing = false;
   // Objects kept loaded besides the primary; 0: what the TPM guarantees.
   std::size_t max_loaded_objects = 0;

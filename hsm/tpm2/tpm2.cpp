@@ -13,12 +13,14 @@
 #include "hsm/tpm2/connection.h"
 #include "hsm/tpm2/object_cache.h"
 #include "hsm/tpm2/public_key.h"
+#include "hsm/tpm2/signing_session.h"
 #include "hsm/tpm2/templates.h"
 
 namespace m2mvault::hsm::tpm2 {
 
 // What one connection holds in the TPM; replaced as a whole after a reset.
-// Members go in reverse: cached objects, session, primary, then the TCTI.
+// Members go in reverse: signing session, cached objects, session, primary,
+// then the TCTI.
 struct Tpm2::Link {
   explicit Link(const std::string& tcti) : connection(tcti) {}
 
@@ -26,12 +28,15 @@ struct Tpm2::Link {
   LoadedHandle primary;
   LoadedHandle session;
   std::unique_ptr<ObjectCache> cache;
+  // Started by the first TPM2_Sign on this link, and again after a failed one.
+  std::unique_ptr<SigningSession> signing_session;
 
   ESYS_CONTEXT* esys() const noexcept { return connection.esys(); }
 
   // For a connection that is gone: nothing is flushed, Esys_Finalize frees
   // the ESAPI's records.
   void abandon() noexcept {
+    if (signing_session) signing_session->abandon();
     if (cache) cache->abandon_all();
     session.abandon();
     primary.abandon();
@@ -145,6 +150,19 @@ OpenedNv open_nv(Connection& connection, const NvIndex& index) {
   }
   out.state = (area.attributes & TPMA_NV_WRITTEN) != 0 ? NvState::written : NvState::unwritten;
   return out;
+}
+
+// ESAPI's TPM2_Sign with the auth value as a password: no session hashes,
+// and the auth value in the clear on the TPM interface (Config).
+TPMT_SIGNATURE sign_with_password(ESYS_CONTEXT* esys, ESYS_TR object, const TPM2B_DIGEST& digest,
+                                  const TPMT_SIG_SCHEME& scheme,
+                                  const TPMT_TK_HASHCHECK& validation) {
+  TPMT_SIGNATURE* raw = nullptr;
+  const TSS2_RC rc = Esys_Sign(esys, object, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &digest,
+                               &scheme, &validation, &raw);
+  const EsysPtr<TPMT_SIGNATURE> signature(raw);
+  check(rc, "TPM2_Sign");
+  return *signature;
 }
 
 std::string four_chars(std::uint32_t value) {
@@ -502,21 +520,46 @@ Bytes Tpm2::sign_digest(std::span<const std::uint8_t> key, DigestAlgorithm algor
 
   return run([&](Link& link) {
     const ESYS_TR object = load(link, parsed);
-    ESYS_TR authorization = ESYS_TR_PASSWORD;
-    if (!config_.password_auth_for_signing) {
-      use_session(link, false, false);
-      authorization = link.session.get();
-    }
-    TPMT_SIGNATURE* raw = nullptr;
-    const TSS2_RC rc = Esys_Sign(link.esys(), object, authorization, ESYS_TR_NONE, ESYS_TR_NONE,
-                                 &input, &scheme, &validation, &raw);
-    const EsysPtr<TPMT_SIGNATURE> signature(raw);
-    check(rc, "TPM2_Sign");
-    if (signature->sigAlg != TPM2_ALG_ECDSA) {
+    const TPMT_SIGNATURE signature =
+        config_.password_auth_for_signing
+            ? sign_with_password(link.esys(), object, input, scheme, validation)
+            : sign_in_session(link, object, parsed, input, scheme, validation);
+    if (signature.sigAlg != TPM2_ALG_ECDSA) {
       throw Error(Failure::internal, "TPM2_Sign returned a non-ECDSA signature");
     }
-    return ecdsa_der(signature->signature.ecdsa);
+    return ecdsa_der(signature.signature.ecdsa);
   });
+}
+
+TPMT_SIGNATURE Tpm2::sign_in_session(Link& link, ESYS_TR object, const KeyBlob& key,
+                                     const TPM2B_DIGEST& digest, const TPMT_SIG_SCHEME& scheme,
+                                     const TPMT_TK_HASHCHECK& validation) {
+  TPM2_HANDLE handle = 0;
+  check(Esys_TR_GetTpmHandle(link.esys(), object, &handle), "Esys_TR_GetTpmHandle");
+  // The object's name, as the TPM puts it in its own cpHash, from the public
+  // area we loaded. (Esys_TR_GetName would hash it again with ESAPI's ~1 ms
+  // crypto on every call.)
+  const Bytes name_bytes = object_name(key.public_area.publicArea);
+  TPM2B_NAME name{};
+  name.size = static_cast<UINT16>(name_bytes.size());
+  std::copy(name_bytes.begin(), name_bytes.end(), name.name);
+  if (!link.signing_session) {
+    link.signing_session = std::make_unique<SigningSession>(link.esys());
+    ++stats_.signing_sessions;
+  }
+  try {
+    return link.signing_session->sign(handle, name, key.auth.get(), digest, scheme, validation);
+  } catch (const TpmError& error) {
+    // Whatever the TPM did with the session's nonce, start the next sign
+    // with a new session; a lost TPM takes the session with it (run()
+    // reconnects), otherwise it is flushed.
+    if (is_lost_state(error.rc())) link.signing_session->abandon();
+    link.signing_session.reset();
+    throw;
+  } catch (...) {
+    link.signing_session.reset();
+    throw;
+  }
 }
 
 // --- NV indices -------------------------------------------------------------------

@@ -18,7 +18,10 @@
 //  - ECC P-256 signing keys: generate_signing_key(), sign_digest().
 //
 // Sensitive values travel to and from the TPM only through a salted HMAC
-// session with AES-128-CFB parameter encryption. All methods are
+// session with AES-128-CFB parameter encryption. TPM2_Sign, which carries
+// none, is authorized by an HMAC session of its own (signing_session.h):
+// the auth value never crosses the TPM interface in the clear (unless
+// Config::password_auth_for_signing asks for a password). All methods are
 // thread-safe: one mutex serializes every use of the TPM connection (the
 // TPM itself runs one command at a time). All failures throw hsm::Error
 // (TpmError, carrying the TPM return code, when the TPM or TSS refused).
@@ -52,10 +55,10 @@ struct Config {
   // transient slots (TPM_PT_HR_TRANSIENT_MIN) minus the primary's.
   std::size_t max_loaded_objects = 0;
   // TPM2_Sign authorized by the key's auth value as a password (sent to the
-  // TPM in the clear) instead of through the salted HMAC session. tpm2-tss
-  // 3.2 makes a fresh OpenSSL library context for every hash a session
-  // computes, which costs ~1 ms apiece; a password costs none. Sign carries
-  // no secret parameter either way. docs/TPM2.md has the numbers.
+  // TPM in the clear) instead of through the signing HMAC session. It was
+  // the way to a usable signing rate while ESAPI computed the session's
+  // hashes (~1 ms apiece in tpm2-tss 3.2); the signing session now costs
+  // about as little, so leave it off. docs/TPM2.md has the numbers.
   bool password_auth_for_signing = false;
 };
 
@@ -85,11 +88,12 @@ enum class NvState { absent, unwritten, written };
 
 // Counters for tests and benchmarks.
 struct Stats {
-  std::uint64_t loads = 0;           // TPM2_Load commands
-  std::uint64_t evictions = 0;       // objects flushed to make room
-  std::uint64_t reconnects = 0;      // connections re-made after a reset or a drop
-  std::size_t flushed_at_start = 0;  // leftovers flushed when the last connection opened
-  std::size_t loaded_capacity = 0;   // objects kept loaded besides the primary
+  std::uint64_t loads = 0;             // TPM2_Load commands
+  std::uint64_t evictions = 0;         // objects flushed to make room
+  std::uint64_t reconnects = 0;        // connections re-made after a reset or a drop
+  std::size_t flushed_at_start = 0;    // leftovers flushed when the last connection opened
+  std::size_t loaded_capacity = 0;     // objects kept loaded besides the primary
+  std::uint64_t signing_sessions = 0;  // HMAC sessions started for TPM2_Sign
 };
 
 class Tpm2 {
@@ -165,7 +169,12 @@ class Tpm2 {
   SigningKey generate_signing_key();
 
   // One TPM2_Sign of a digest computed in software (32 bytes for SHA-256,
-  // 48 for SHA-384). Returns the DER ECDSA-Sig-Value.
+  // 48 for SHA-384), authorized by the signing session (an HMAC with the
+  // key's auth value; the response's HMAC is verified) or, if Config says
+  // so, by the auth value as a password. Returns the DER
+  // ECDSA-Sig-Value. A wrong auth value is TpmError(invalid_argument,
+  // TPM_RC_BAD_AUTH); a response HMAC that does not verify is
+  // Error(internal).
   Bytes sign_digest(std::span<const std::uint8_t> key, DigestAlgorithm algorithm,
                     std::span<const std::uint8_t> digest);
 
@@ -207,6 +216,9 @@ class Tpm2 {
   Bytes create(Link& link, const TPM2B_PUBLIC& object_template,
                std::span<const std::uint8_t> secret);
   SecureBuffer tpm_hmac(Link& link, const KeyBlob& key, std::span<const std::uint8_t> data);
+  TPMT_SIGNATURE sign_in_session(Link& link, ESYS_TR object, const KeyBlob& key,
+                                 const TPM2B_DIGEST& digest, const TPMT_SIG_SCHEME& scheme,
+                                 const TPMT_TK_HASHCHECK& validation);
 
   Config config_;
   mutable std::mutex mutex_;

@@ -45,7 +45,7 @@ void run_benchmark(bool password_auth_for_signing) {
   config.password_auth_for_signing = password_auth_for_signing;
   Tpm2 tpm(config);
   std::printf("-- signing authorized by %s\n",
-              password_auth_for_signing ? "password" : "the salted HMAC session");
+              password_auth_for_signing ? "password" : "the signing HMAC session (SAPI)");
   constexpr int kCount = 500;
   constexpr int kKeys = 8;  // more than the 2 slots: every use loads
   const Bytes digest = digest_of(EVP_sha256(), text_bytes("bench"));

@@ -73,6 +73,23 @@ class RawEsys {
               TSS2_RC_SUCCESS);
   }
 
+  // TPM2_FlushContext of every loaded session, someone else's included.
+  void flush_sessions() const {
+    TPMI_YES_NO more = TPM2_NO;
+    TPMS_CAPABILITY_DATA* data = nullptr;
+    ASSERT_EQ(Esys_GetCapability(esys_, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES,
+                                 TPM2_LOADED_SESSION_FIRST, TPM2_MAX_CAP_HANDLES, &more, &data),
+              TSS2_RC_SUCCESS);
+    for (std::uint32_t i = 0; i < data->data.handles.count; ++i) {
+      ESYS_TR session = ESYS_TR_NONE;
+      EXPECT_EQ(Esys_TR_FromTPMPublic(esys_, data->data.handles.handle[i], ESYS_TR_NONE,
+                                      ESYS_TR_NONE, ESYS_TR_NONE, &session),
+                TSS2_RC_SUCCESS);
+      EXPECT_EQ(Esys_FlushContext(esys_, session), TSS2_RC_SUCCESS);
+    }
+    Esys_Free(data);
+  }
+
   void start_session() const {
     const TPMT_SYM_DEF none{.algorithm = TPM2_ALG_NULL, .keyBits = {}, .mode = {}};
     ESYS_TR session = ESYS_TR_NONE;
@@ -131,6 +148,52 @@ TEST(Lifecycle, BlobsWorkAfterTpmInitThroughControlChannel) {
   swtpm.init_via_control_channel();
   EXPECT_EQ(blob_kind(tpm.seal(keys.psk)), ObjectKind::sealed_data);
   EXPECT_EQ(tpm.stats().reconnects, 4u);
+}
+
+// The signing session lives in the TPM like the objects: a reset takes it,
+// and the first sign after one reconnects and starts a new session.
+TEST(Lifecycle, SignIsTheFirstCommandAfterAReset) {
+  Swtpm swtpm;
+  Tpm2 tpm(swtpm.config());
+  const KeySet keys(tpm);
+  keys.expect_usable(tpm);
+  const Pkey public_key = parse_spki(keys.signing.public_key);
+  const auto sign_and_verify = [&](const std::string& text) {
+    const Bytes message = text_bytes(text);
+    const Bytes signature = tpm.sign_digest(keys.signing.blob, DigestAlgorithm::sha256,
+                                            digest_of(EVP_sha256(), message));
+    EXPECT_TRUE(digest_verifies(public_key.get(), EVP_sha256(), message, signature)) << text;
+  };
+  swtpm.init_via_control_channel();
+  sign_and_verify("after _TPM_Init");
+  swtpm.restart();
+  sign_and_verify("after a restart");
+  for (int i = 0; i < 20; ++i) sign_and_verify("then in a row " + std::to_string(i));
+  EXPECT_EQ(tpm.stats().reconnects, 2u);
+  EXPECT_EQ(tpm.stats().signing_sessions, 3u);
+  keys.expect_usable(tpm);
+}
+
+// A session gone from under the connection (TPM_RC_REFERENCE_S0 on the
+// next sign) is recovered like a reset: reconnect, new sessions, sign again.
+TEST(Lifecycle, SigningSessionFlushedFromOutsideIsReplaced) {
+  Swtpm swtpm;
+  Tpm2 tpm(swtpm.config());
+  const KeySet keys(tpm);
+  keys.expect_usable(tpm);
+  {
+    const RawEsys raw(swtpm.tcti());
+    EXPECT_EQ(raw.count(TPM2_LOADED_SESSION_FIRST), 2u);  // the salted one and the signing one
+    raw.flush_sessions();
+  }
+  const Pkey public_key = parse_spki(keys.signing.public_key);
+  const Bytes message = text_bytes("after the flush");
+  const Bytes signature =
+      tpm.sign_digest(keys.signing.blob, DigestAlgorithm::sha256, digest_of(EVP_sha256(), message));
+  EXPECT_TRUE(digest_verifies(public_key.get(), EVP_sha256(), message, signature));
+  EXPECT_EQ(tpm.stats().reconnects, 1u);
+  EXPECT_EQ(tpm.stats().signing_sessions, 2u);
+  keys.expect_usable(tpm);
 }
 
 TEST(Lifecycle, UnreachableTpmIsUnavailableThenRecovers) {
