@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -46,6 +47,15 @@ def _kill_leftover_swtpms():
         tpm.stop()
 
 
+def ephemeral_port_floor():
+    """The lowest port the kernel hands out for outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return max(int(f.read().split()[0]), 10004)
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 class Swtpm:
     """A private swtpm (TPM 2.0 simulator) on a free loopback port pair:
     server on P, control on P+1; startup-clear, so a restart is a TPM reset
@@ -70,11 +80,13 @@ class Swtpm:
 
     @classmethod
     def _free_port_pair(cls):
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            if port < 65535 and cls._port_free(port + 1):
+        # Below the ephemeral range: tpm2-tss's swtpm TCTI opens a connection
+        # per command, and the ephemeral ports those leave in TIME_WAIT
+        # cannot be bound by a listener for a minute.
+        low = ephemeral_port_floor()
+        for _ in range(200):
+            port = random.randrange(10000, low - 2)
+            if cls._port_free(port) and cls._port_free(port + 1):
                 return port
         raise RuntimeError("no free port pair for swtpm")
 

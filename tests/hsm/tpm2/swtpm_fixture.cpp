@@ -10,6 +10,8 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -37,6 +39,13 @@ bool port_free(int port) {
   return ok;
 }
 
+int ephemeral_port_floor() {
+  std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
+  int low = 0;
+  if (!(range >> low) || low < 10004) return 32768;
+  return low;
+}
+
 bool accepts(int port) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return false;
@@ -57,8 +66,11 @@ Swtpm::Swtpm() {
   std::string pattern = (std::filesystem::temp_directory_path() / "m2mvault-swtpm-XXXXXX").string();
   if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
   state_dir_ = pattern;
+  // Even ports below the ephemeral range: tpm2-tss's swtpm TCTI opens a
+  // connection per command, and the ephemeral ports those leave in
+  // TIME_WAIT cannot be bound by a listener for a minute.
   std::mt19937 random(std::random_device{}());
-  std::uniform_int_distribution<int> pick(10000, 30000);
+  std::uniform_int_distribution<int> pick(5000, ephemeral_port_floor() / 2 - 1);
   for (int attempt = 0; attempt < 30; ++attempt) {
     port_ = pick(random) * 2;
     if (port_free(port_) && port_free(port_ + 1) && try_start()) return;
