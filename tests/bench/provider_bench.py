@@ -62,31 +62,45 @@ def engine_uri(key_id, pin=None):
     return uri + (f";pin-value={pin}" if pin else "")
 
 
-def s_time(port, seconds):
+TLS12 = ("-cipher", CIPHER, "-tls1_2")  # the oneM2M suite; ("-tls1_3",) for TLS 1.3
+
+
+def s_time(port, seconds, tls=TLS12):
     p = subprocess.run([tlspeer.OPENSSL, "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(seconds),
-                        "-cipher", CIPHER, "-tls1_2"], capture_output=True, text=True, timeout=seconds + 60)
+                        *tls], capture_output=True, text=True, timeout=seconds + 60)
     m = re.search(r"(\d+) connections in ([\d.]+) real seconds", p.stdout)
     if not m:
         raise RuntimeError(f"s_time printed no result:\n{p.stdout}{p.stderr}")
     return int(m.group(1)) / float(m.group(2))
 
 
-def handshakes(name, server_args, env, cert, seconds):
+def handshakes(name, server_args, env, cert, seconds, tls=TLS12):
+    """Full handshakes per second, `openssl s_time -new` against an
+    `openssl s_server -www` with `server_args` (its key); a RuntimeError
+    carries the server's own words (e.g. "no shared cipher")."""
     port = tlspeer.free_port()
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([tlspeer.OPENSSL, "s_server", "-accept", f"127.0.0.1:{port}", "-www", "-quiet",
-                             "-cert", cert, "-cipher", CIPHER, "-tls1_2", *server_args],
+    proc = subprocess.Popen([tlspeer.OPENSSL, "s_server", "-accept", f"127.0.0.1:{port}", "-www",
+                             "-cert", cert, *tls, *server_args],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+    failure = None
     try:
         time.sleep(1.0)
         if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"{name}: s_server exited:\n{log.read().decode(errors='replace')}")
-        rate = s_time(port, seconds)
+            failure = f"{name}: s_server exited"
+        else:
+            try:
+                rate = s_time(port, seconds, tls)
+            except RuntimeError as error:
+                failure = f"{name}: {error}"
     finally:
         proc.terminate()
         proc.wait()
+        log.seek(0)
+        said = log.read().decode(errors="replace")[-2000:]  # read after it exited: its last words are in
         log.close()
+    if failure:
+        raise RuntimeError(f"{failure}\ns_server said:\n{said}")
     return rate
 
 

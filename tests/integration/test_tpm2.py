@@ -1,12 +1,15 @@
 """The TPM backend's own promises, end to end on swtpm (skipped on PKCS#11):
 a TPM reset while the daemon runs and a daemon restart lose no key; a Ke is
 never released; the daemon says it needs the TPM to itself without a
-resource manager."""
+resource manager; 200 keys used at random by 16 clients fit through its 3
+object slots."""
 import base64
 import hashlib
 import hmac
 import os
+import random
 import subprocess
+import threading
 import unittest
 
 from vaultlib import DAEMON, Daemon, VaultError, b64, check_value, openssl_verify, tpm_only
@@ -15,6 +18,7 @@ MEF = "mef.example.com"
 KPSA = bytes.fromhex("1a2b3c4d5e6f7a8b")
 KE = bytes(range(32))
 KM_LABEL = b"oneM2M Enrolment Key to Master Credential derivation"
+KPSA_LABEL = b"oneM2M Enrolment Key to Provisioned Secure Connection Key derivation"
 
 
 @tpm_only("swtpm resets and the TPM backend's files")
@@ -93,6 +97,123 @@ class TpmResetTest(unittest.TestCase):
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn("holds the keys of backend tpm2", p.stderr)
         self.daemon.start()
+
+
+def key_id16(tag: str) -> str:
+    """A 16-byte identifier (Ke, Kc), base64, unique per tag."""
+    return base64.b64encode(hashlib.sha256(tag.encode()).digest()[:16]).decode()
+
+
+@tpm_only("the object slots of a TPM without a resource manager")
+class SlotExhaustionTest(unittest.TestCase):
+    """Issue 6: swtpm behind no resource manager holds 3 transient objects
+    (the primary takes one); 200 keys of every kind the daemon keeps in the
+    TPM, used in random order by 16 clients at once, must all work — each
+    operation loads its key, evicting another, while other threads wait on
+    the same TPM."""
+
+    KINDS_IN_ORDER = ("signing", "signing", "kpsa", "kc", "ke", "kpsa-derived", "km-derived", "kpm")
+    CLIENTS = 16
+    OPERATIONS_PER_CLIENT = 40
+
+    def setUp(self):
+        self.daemon = Daemon().start()
+        self.addCleanup(self.daemon.cleanup)
+
+    def create_keys(self, conn, count):
+        """`count` keys, the kinds in KINDS_IN_ORDER round robin; returns
+        what each must give back, computed here, not by the vault."""
+        keys = []
+        ke = None  # the latest Ke: the parent of the derived keys after it
+        for i in range(count):
+            kind = self.KINDS_IN_ORDER[i % len(self.KINDS_IN_ORDER)]
+            name = f"slot-{i:03d}"
+            value = hashlib.sha256(b"slot key %d" % i).digest()
+            if kind == "signing":
+                conn.call("key.generate", kind="signing", name=name)
+                keys.append({"name": name, "kind": kind, "pem": conn.call("key.public", key=name)["pem"]})
+            elif kind in ("kpsa", "kc", "kpm"):
+                key_id = f"{key_id16(name)}@in.provider.com" if kind == "kc" else f"{name}@in.provider.com"
+                conn.call("key.import", kind=kind, id=key_id, name=name, entity=f"AE-{i}", value=b64(value))
+                keys.append({"name": name, "kind": kind, "value": value})
+            elif kind == "ke":
+                conn.call("key.import", kind="ke", id=f"{key_id16(name)}@{MEF}", name=name, value=b64(value))
+                ke = {"name": name, "kind": kind, "value": value}
+                keys.append(ke)
+            elif kind == "kpsa-derived":
+                enrolee = f"enrolee-{i}.example.com"
+                created = conn.call("key.derive", derivation="kpsa", ke=ke["name"], enrolee_b_id=enrolee,
+                                    name=name, id=f"{name}@{MEF}")
+                derived = hmac.new(ke["value"], KPSA_LABEL + enrolee.encode(), hashlib.sha256).digest()
+                self.assertEqual(created["check_value"], check_value(derived))
+                keys.append({"name": name, "kind": kind, "value": derived})
+            else:  # km-derived
+                maf = f"maf-{i}.example.com"
+                created = conn.call("key.derive", derivation="km", ke=ke["name"], maf_id=maf, name=name,
+                                    id=f"{name}@{MEF}")
+                derived = hmac.new(ke["value"], KM_LABEL + maf.encode(), hashlib.sha256).digest()
+                self.assertEqual(created["check_value"], check_value(derived))
+                keys.append({"name": name, "kind": kind, "value": derived})
+        return keys
+
+    def use_at_random(self, keys, client, signatures, failures):
+        """One client: OPERATIONS_PER_CLIENT operations on random keys, each
+        answer checked against what this test computed; signatures are kept
+        for verification after the run."""
+        chance = random.Random(client)  # reproducible per client
+        conn = self.daemon.connect()
+        try:
+            for n in range(self.OPERATIONS_PER_CLIENT):
+                key = chance.choice(keys)
+                try:
+                    if key["kind"] == "signing":
+                        message = f"client {client} operation {n}".encode()
+                        result = conn.call("sign", key=key["name"], scheme="ecdsa",
+                                           digest=b64(hashlib.sha256(message).digest()))
+                        signatures.append((key, message, base64.b64decode(result["signature"])))
+                    elif key["kind"] in ("kpsa", "kc", "kpsa-derived"):
+                        released = conn.call("psk.release", key=key["name"])  # TPM2_Unseal
+                        if base64.b64decode(released["value"]) != key["value"]:
+                            failures.append(f"{key['name']}: psk.release gave another value")
+                    elif key["kind"] == "ke" and n % 2 == 0:
+                        maf = f"maf-{client}-{n}.example.com"  # TPM2_HMAC, then TPM2_Create
+                        created = conn.call("key.derive", derivation="km", ke=key["name"], maf_id=maf,
+                                            id=f"km-{client}-{n}@{MEF}")
+                        expected = hmac.new(key["value"], KM_LABEL + maf.encode(), hashlib.sha256).digest()
+                        if created["check_value"] != check_value(expected):
+                            failures.append(f"{key['name']}: derived Km has another check value")
+                    else:  # a Ke (TPM2_HMAC) or a sealed Km/Kpm (unseal, HMAC in software)
+                        checked = conn.call("key.check", key=key["name"])
+                        if not checked["matches"] or checked["check_value"] != check_value(key["value"]):
+                            failures.append(f"{key['name']}: key.check {checked}")
+                except (VaultError, OSError) as error:
+                    failures.append(f"{key['name']} ({key['kind']}), client {client}, operation {n}: {error}")
+        finally:
+            conn.close()
+
+    def test_two_hundred_mixed_keys_used_at_random_by_sixteen_clients_all_succeed(self):
+        self.assertIn("needs exclusive use of this TPM", self.daemon.read_log())  # no resource manager
+        conn = self.daemon.connect()
+        keys = self.create_keys(conn, 200)
+        conn.close()
+        self.assertEqual({k["kind"] for k in keys}, set(self.KINDS_IN_ORDER))
+
+        signatures, failures = [], []  # list.append is atomic under the GIL
+        clients = [threading.Thread(target=self.use_at_random, args=(keys, c, signatures, failures))
+                   for c in range(self.CLIENTS)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join()
+        self.assertEqual(failures, [])
+        self.assertIsNone(self.daemon.proc.poll())
+
+        # Checked after the run, so the openssl processes do not pace the clients.
+        self.assertGreater(len(signatures), 50)
+        for key, message, signature in signatures:
+            verified = openssl_verify(key["pem"], message, signature)
+            self.assertEqual(verified.returncode, 0, f"{key['name']}: {verified.stdout + verified.stderr}")
+
 
 if __name__ == "__main__":
     unittest.main()
