@@ -30,18 +30,14 @@ class AuditEpochs {
   Hmac mac_for(std::span<const std::uint8_t> nonce, std::span<const std::uint8_t> data);
 
  private:
-  struct MacCtxFree {
-    void operator()(EVP_MAC_CTX* ctx) const noexcept;
-  };
-  using MacCtxPtr = std::unique_ptr<EVP_MAC_CTX, MacCtxFree>;
-
   SecureBuffer epoch_key(std::span<const std::uint8_t> nonce);
-  static MacCtxPtr keyed_hmac(const SecureBuffer& key);
-
   AuditMac audit_mac_;
   std::mutex mutex_;
-  SecureBuffer key_;    // the current epoch's key
-  MacCtxPtr ctx_;       // HMAC keyed with it
+  SecureBuffer key_;  // the current epoch's key
+  // HMAC-SHA-256 with key_, as two SHA-256 states: after the key's inner
+  // pad block and after its outer pad block. A record then costs a copy of
+  // each and the hashing of its own bytes: no allocation, no key setup.
+  SecureBuffer midstates_;
   Bytes verify_nonce_;  // the epoch whose key verify_key_ holds
   SecureBuffer verify_key_;
 };
