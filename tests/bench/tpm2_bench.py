@@ -432,7 +432,7 @@ def main():
         tpm2_sign = ["--store-key", tpm2_key, "--store-providers", "tpm2,default"]
         tpm2_server = ["-provider", "tpm2", "-provider", "default", "-key", tpm2_key]
         vault_names = (
-            "m2mvault, sign in the salted HMAC session",
+            "m2mvault, sign in its own HMAC session (default)",
             "m2mvault, password_auth_for_signing = true",
         )
         tpm2_openssl_names = ("tpm2-openssl via tpm2-abrmd", "tpm2-openssl directly on swtpm")
