@@ -61,16 +61,6 @@ def run_quietly(*args, env=None, timeout=60):
     return p.stdout
 
 
-def stop_process(proc):
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 class SessionBus:
     """A private D-Bus session bus for tpm2-abrmd --session: nothing is
     registered on a bus another user or run shares."""
@@ -85,11 +75,11 @@ class SessionBus:
         )
         self.address = self.proc.stdout.readline().strip()
         if not self.address:
-            stop_process(self.proc)
+            tlspeer.stop_process(self.proc)
             raise RuntimeError("dbus-daemon printed no address")
 
     def stop(self):
-        stop_process(self.proc)
+        tlspeer.stop_process(self.proc)
 
 
 class Abrmd:
@@ -124,7 +114,7 @@ class Abrmd:
         raise RuntimeError("tpm2-abrmd did not become ready")
 
     def stop(self):
-        stop_process(self.proc)
+        tlspeer.stop_process(self.proc)
         self.proc = None
 
 
@@ -198,7 +188,7 @@ def signatures_per_second(variant, operation, clients, seconds):
                 total += int(m.group(1))
     finally:
         for proc in procs:
-            stop_process(proc)
+            tlspeer.stop_process(proc)
     if problems:
         raise RuntimeError(f"{len(problems)} of {clients} processes failed: {problems[0][-1500:]}")
     return total

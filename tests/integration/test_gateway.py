@@ -12,7 +12,6 @@ import os
 import queue
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -20,6 +19,7 @@ import threading
 import time
 import unittest
 
+import tlspeer
 from tlspeer import Pki
 from vaultlib import BUILD, CLOCK_AE1, CLOCK_AE2, Daemon, DaemonTestCase
 
@@ -133,13 +133,7 @@ class Gateway:
         return "\n".join(self.all_lines)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        tlspeer.stop_process(self.proc, timeout=30)
         self.reader.join(timeout=10)
         if not self.reader.is_alive():
             self.proc.stdout.close()

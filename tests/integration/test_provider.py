@@ -547,12 +547,7 @@ http {{
             p = self.fetch(port, path="/whoami")  # no client certificate: refused
             self.assertIn(b"400", p.stdout)
         finally:
-            proc.send_signal(signal.SIGQUIT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            tlspeer.stop_process(proc, signal.SIGQUIT)
 
     def fetch(self, port, *extra, path="/", env=None):
         deadline = time.monotonic() + 20
@@ -597,12 +592,7 @@ http {{
                         self.assertEqual(p.returncode, 0, p.stderr.decode() + err)
                         self.assertEqual(p.stdout, b"served by nginx with a vault key\n")
                 finally:
-                    proc.send_signal(signal.SIGQUIT if master else signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                    tlspeer.stop_process(proc, signal.SIGQUIT if master else signal.SIGTERM)
 
 
 @unittest.skipUnless(os.path.exists(os.path.join(PROGRAMS, "provider_stress")), "provider_stress not built")

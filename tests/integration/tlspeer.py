@@ -35,6 +35,7 @@ import re
 import secrets
 import shutil
 import socket
+import signal
 import subprocess
 import tempfile
 import threading
@@ -57,6 +58,18 @@ CA_START = "20190101000000Z"
 
 class PeerError(AssertionError):
     """An openssl command or peer did not do what the test needed."""
+
+
+def stop_process(proc, sig=signal.SIGTERM, timeout=10):
+    """Send `sig` to `proc` if it still runs, wait up to `timeout` s, then kill it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:
@@ -349,13 +362,7 @@ class _Peer:
                     self.proc.stdin.close()
                 except OSError:
                     pass
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_process(self.proc, timeout=3)
         if self._saved is None and os.path.isdir(self._dir):
             self._saved = (self._read(self._out_path), self._read(self._err_path))
             shutil.rmtree(self._dir, ignore_errors=True)

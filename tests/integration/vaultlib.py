@@ -21,6 +21,8 @@ import tempfile
 import time
 import unittest
 
+import tlspeer
+
 BUILD = os.environ.get("M2MVAULT_BUILD_DIR", os.path.join(os.path.dirname(__file__), "../../build/default"))
 DAEMON = os.path.join(BUILD, "vault", "m2mvaultd")
 CLI = os.path.join(BUILD, "tools", "m2mvault")
@@ -114,13 +116,7 @@ class Swtpm:
         raise RuntimeError("swtpm did not start")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        tlspeer.stop_process(self.proc)
         self.proc = None
         _running_swtpms.discard(self)
 
@@ -264,13 +260,7 @@ class Daemon:
         raise RuntimeError("m2mvaultd did not become ready")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        tlspeer.stop_process(self.proc, timeout=30)
         self.proc = None
 
     def kill(self):
