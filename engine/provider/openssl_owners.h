@@ -5,6 +5,7 @@
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/provider.h>
+#include <openssl/store.h>
 
 #include <memory>
 
@@ -23,6 +24,9 @@ using EvpMdCtxPtr = std::unique_ptr<EVP_MD_CTX, OpenSslDeleter<EVP_MD_CTX_free>>
 using EvpKeymgmtPtr = std::unique_ptr<EVP_KEYMGMT, OpenSslDeleter<EVP_KEYMGMT_free>>;
 using EvpSignaturePtr = std::unique_ptr<EVP_SIGNATURE, OpenSslDeleter<EVP_SIGNATURE_free>>;
 using LibCtxPtr = std::unique_ptr<OSSL_LIB_CTX, OpenSslDeleter<OSSL_LIB_CTX_free>>;
+// For programs that open m2mvault: URIs through OSSL_STORE (tests, benchmarks).
+using StoreCtxPtr = std::unique_ptr<OSSL_STORE_CTX, OpenSslDeleter<OSSL_STORE_close>>;
+using StoreInfoPtr = std::unique_ptr<OSSL_STORE_INFO, OpenSslDeleter<OSSL_STORE_INFO_free>>;
 
 // Unloading a provider returns 1 or 0; the deleter ignores it.
 inline void unload_provider(OSSL_PROVIDER* provider) {

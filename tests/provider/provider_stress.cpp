@@ -34,8 +34,6 @@ namespace {
 
 using namespace m2mvault::provider;
 using Clock = std::chrono::steady_clock;
-using StoreCtxPtr = std::unique_ptr<OSSL_STORE_CTX, OpenSslDeleter<OSSL_STORE_close>>;
-using StoreInfoPtr = std::unique_ptr<OSSL_STORE_INFO, OpenSslDeleter<OSSL_STORE_INFO_free>>;
 
 struct Options {
   std::string modules, socket, key, public_key;
