@@ -1,8 +1,10 @@
 #include "api/server.h"
 
-#include <fcntl.h>
 #include <fmt/format.h>
+#include <poll.h>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -10,11 +12,14 @@
 
 #include <algorithm>
 #include <atomic>
-#include <boost/asio.hpp>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <limits>
 #include <mutex>
+#include <semaphore>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -25,8 +30,6 @@
 namespace m2mvault::api {
 namespace {
 
-namespace asio = boost::asio;
-using local = asio::local::stream_protocol;
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
@@ -154,14 +157,18 @@ bool socket_is_live(const std::filesystem::path& path) {
 struct Server::Impl {
   ServerConfig config;
   RequestHandler& handler;
-  // Declared before io: connections still queued in io decrement it while
-  // io is destroyed.
+  int listen_fd = -1;
+  // An eventfd that becomes readable, and stays so, when stop() is called:
+  // every poll() of the server includes it.
+  int stop_fd = -1;
+  std::atomic<bool> stopping{false};
   std::atomic<std::size_t> connections{0};
-  // Open connections per uid, when a per-principal limit applies.
-  std::mutex per_uid_mutex;
-  std::unordered_map<uid_t, std::size_t> per_uid;
-  asio::io_context io;
-  local::acceptor acceptor{io};
+  // Handlers running at once (config.threads); a request beyond waits here.
+  std::counting_semaphore<> handler_slots;
+  std::mutex mutex;  // guards per_uid and live_threads
+  std::condition_variable threads_gone;
+  std::unordered_map<uid_t, std::size_t> per_uid;  // open connections per uid
+  std::size_t live_threads = 0;
   // The socket file this server bound, so it never unlinks a successor's.
   dev_t socket_dev = 0;
   ino_t socket_ino = 0;
@@ -170,13 +177,18 @@ struct Server::Impl {
   Impl(ServerConfig c, RequestHandler& h)
       : config(std::move(c)),
         handler(h),
-        io(static_cast<int>(std::max<std::size_t>(1, config.threads))) {}
+        handler_slots(static_cast<std::ptrdiff_t>(std::max<std::size_t>(1, config.threads))) {}
+
+  ~Impl() {
+    if (listen_fd >= 0) ::close(listen_fd);
+    if (stop_fd >= 0) ::close(stop_fd);
+  }
 
   // Counts a new connection of `p`; false when it is over its limit.
   bool admit(const Principal& p) {
     const std::size_t limit =
         config.connections_per_principal ? config.connections_per_principal(p) : 0;
-    std::lock_guard lock(per_uid_mutex);
+    std::lock_guard lock(mutex);
     auto& count = per_uid[p.uid];
     if (limit && count >= limit) {
       if (count == 0) per_uid.erase(p.uid);
@@ -186,12 +198,25 @@ struct Server::Impl {
     return true;
   }
   void release(uid_t uid) {
-    std::lock_guard lock(per_uid_mutex);
+    std::lock_guard lock(mutex);
     if (auto it = per_uid.find(uid); it != per_uid.end() && --it->second == 0) per_uid.erase(it);
   }
 
   void bind();
-  void accept();
+  void accept_loop();
+  void start_connection(int fd);
+  void connection_done() {
+    connections.fetch_sub(1, std::memory_order_relaxed);
+    std::lock_guard lock(mutex);
+    if (--live_threads == 0) threads_gone.notify_all();
+  }
+  // Waits up to `timeout` (negative: for ever) for `events` on `fd`. Returns
+  // the events seen, 0 on timeout, or -1 when the server is stopping.
+  int wait(int fd, short events, int timeout_ms) const;
+  // Writes all of `data`; false when the peer is gone or the server stops.
+  bool send_all(int fd, std::string_view data) const;
+  // Sends one error frame and hangs up: for refusals at the connection level.
+  void refuse(int fd, ErrorCode code, std::string_view message) const;
   void unlink_socket();
   // Validates one request body, runs the handler, writes the response frame.
   void serve(const Principal& principal, std::string_view body, std::string& out);
@@ -199,82 +224,94 @@ struct Server::Impl {
 
 namespace {
 
-class Connection : public std::enable_shared_from_this<Connection> {
+int remaining_ms(Clock::time_point deadline) {
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  return static_cast<int>(std::clamp<long long>(left, 0, std::numeric_limits<int>::max()));
+}
+
+// One connection, served start to end by its own thread with blocking
+// waits: a request wakes exactly the thread that answers it, and a handler
+// that blocks (an HSM, an fsync) holds up no other connection.
+class Connection {
  public:
-  Connection(Server::Impl& server, local::socket socket)
-      : server_(server), socket_(std::move(socket)), timer_(socket_.get_executor()) {}
+  Connection(Server::Impl& server, int fd) : server_(server), fd_(fd) {}
 
-  ~Connection() {
-    if (admitted_) server_.release(principal_.uid);
-    server_.connections.fetch_sub(1, std::memory_order_relaxed);
-  }
-
-  Connection(const Connection&) = delete;
-  Connection& operator=(const Connection&) = delete;
-
-  // Both entry points hop onto the connection's strand once; from then on
-  // every handler of this connection runs there, one at a time.
-  void start() {
-    asio::dispatch(socket_.get_executor(), [self = shared_from_this()] {
-      boost::system::error_code ec;
-      // Responses are first written with a plain non-blocking send; only a
-      // full socket buffer falls back to an asynchronous write.
-      self->socket_.non_blocking(true, ec);
-      if (ec) return self->close();
-      self->principal_ = peer_of(self->socket_.native_handle());
-      if (!self->server_.admit(self->principal_)) {
-        return self->refuse_on_strand(
-            ErrorCode::backend_unavailable,
-            "too many connections from uid " + std::to_string(self->principal_.uid));
-      }
-      self->admitted_ = true;
-      self->in_.resize(kInitialBufferBytes);
-      self->serve();
-    });
-  }
-
-  // Sends one error frame, then closes: for refusals at the connection level.
-  void refuse(ErrorCode code, std::string_view message) {
-    asio::dispatch(socket_.get_executor(),
-                   [self = shared_from_this(), code, message = std::string(message)] {
-                     self->refuse_on_strand(code, message);
-                   });
+  void run() {
+    principal_ = peer_of(fd_);
+    if (!server_.admit(principal_)) {
+      return server_.refuse(fd_, ErrorCode::backend_unavailable,
+                            "too many connections from uid " + std::to_string(principal_.uid));
+    }
+    serve();
+    server_.release(principal_.uid);
   }
 
  private:
   std::size_t buffered() const { return end_ - start_; }
 
-  // Serves every whole frame in the buffer, then reads more. Runs with
-  // nothing in flight; returns when a read or an asynchronous write is
-  // pending (whose completion calls it again) or the connection is closed.
+  // Serves whole frames as they arrive until the peer hangs up, a timeout
+  // or a framing error closes the connection, or the server stops.
   void serve() {
-    while (!closed_) {
-      if (buffered() < 4) return read_more();
-      const std::uint32_t n =
-          decode_frame_length(reinterpret_cast<const std::uint8_t*>(in_.data() + start_));
-      if (n == 0) {
-        consume(4);
-        write_error_frame(out_, nullptr, ErrorCode::invalid_argument,
-                          "empty frame (length 0); a frame holds one JSON object");
-        if (!flush()) return;
-        continue;
-      }
-      if (n > server_.config.max_frame_bytes) {
-        // The rest of the stream cannot be framed: answer, then hang up.
-        return refuse_on_strand(ErrorCode::invalid_argument,
+    in_.resize(kInitialBufferBytes);
+    while (!server_.stopping.load(std::memory_order_relaxed)) {
+      if (buffered() >= 4) {
+        const std::uint32_t n =
+            decode_frame_length(reinterpret_cast<const std::uint8_t*>(in_.data() + start_));
+        if (n == 0) {
+          consume(4);
+          write_error_frame(out_, nullptr, ErrorCode::invalid_argument,
+                            "empty frame (length 0); a frame holds one JSON object");
+          if (!server_.send_all(fd_, out_)) return;
+          continue;
+        }
+        if (n > server_.config.max_frame_bytes) {
+          // The rest of the stream cannot be framed: answer, then hang up.
+          return server_.refuse(fd_, ErrorCode::invalid_argument,
                                 fmt::format("frame of {} bytes exceeds the limit of {} bytes", n,
                                             server_.config.max_frame_bytes));
-      }
-      const std::size_t whole = 4 + std::size_t{n};
-      if (buffered() < whole) {
+        }
+        const std::size_t whole = 4 + std::size_t{n};
+        if (buffered() >= whole) {
+          server_.handler_slots.acquire();
+          try {
+            server_.serve(principal_, std::string_view(in_.data() + start_ + 4, n), out_);
+          } catch (...) {
+            server_.handler_slots.release();
+            throw;
+          }
+          server_.handler_slots.release();
+          consume(whole);
+          if (!server_.send_all(fd_, out_)) return;
+          continue;
+        }
         if (in_.size() - start_ < whole) make_room(whole);
-        return read_more();
       }
-      const std::string_view body(in_.data() + start_ + 4, n);
-      busy_ = true;  // no timeout applies while the handler runs
-      server_.serve(principal_, body, out_);
-      consume(whole);
-      if (!flush()) return;
+      if (!read_more()) return;
+    }
+  }
+
+  // Waits for bytes within the idle or frame timeout and appends them;
+  // false when the connection is to be closed.
+  bool read_more() {
+    if (buffered() == 0) {
+      frame_deadline_set_ = false;
+      deadline_ = Clock::now() + server_.config.idle_timeout;
+    } else if (!frame_deadline_set_) {
+      // The frame's first bytes are here; the rest must follow in time.
+      frame_deadline_set_ = true;
+      deadline_ = Clock::now() + server_.config.frame_timeout;
+    }
+    if (end_ == in_.size()) make_room(in_.size() + kInitialBufferBytes);
+    while (true) {
+      const int ready = server_.wait(fd_, POLLIN, remaining_ms(deadline_));
+      if (ready <= 0) return false;  // stopping, or timed out
+      const ssize_t n = ::recv(fd_, in_.data() + end_, in_.size() - end_, 0);
+      if (n > 0) {
+        end_ += static_cast<std::size_t>(n);
+        return true;
+      }
+      if (n == 0) return false;
+      if (errno != EAGAIN && errno != EINTR) return false;
     }
   }
 
@@ -300,104 +337,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (in_.size() < whole) in_.resize(whole);
   }
 
-  void read_more() {
-    busy_ = false;
-    if (buffered() == 0) {
-      set_deadline(Clock::now() + server_.config.idle_timeout);
-    } else if (!frame_deadline_set_) {
-      // The frame's first bytes are here; the rest must follow in time.
-      frame_deadline_set_ = true;
-      set_deadline(Clock::now() + server_.config.frame_timeout);
-    }
-    if (end_ == in_.size()) make_room(in_.size() + kInitialBufferBytes);
-    socket_.async_read_some(
-        asio::buffer(in_.data() + end_, in_.size() - end_),
-        [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
-          if (ec) return self->close();
-          self->end_ += n;
-          self->serve();
-        });
-  }
-
-  // Writes out_. Returns true when it went out at once; otherwise an
-  // asynchronous write carries on (and calls serve()) or the connection is
-  // closed, and the caller must return.
-  bool flush() {
-    boost::system::error_code ec;
-    std::size_t sent = socket_.write_some(asio::buffer(out_), ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again) {
-      sent = 0;
-    } else if (ec) {
-      close();
-      return false;
-    }
-    if (sent == out_.size()) return true;
-    asio::async_write(
-        socket_, asio::buffer(out_.data() + sent, out_.size() - sent),
-        [self = shared_from_this()](const boost::system::error_code& write_ec, std::size_t) {
-          if (write_ec) return self->close();
-          self->serve();
-        });
-    return false;
-  }
-
-  void refuse_on_strand(ErrorCode code, const std::string& message) {
-    busy_ = true;
-    write_error_frame(out_, nullptr, code, message);
-    asio::async_write(socket_, asio::buffer(out_),
-                      [self = shared_from_this()](const boost::system::error_code&, std::size_t) {
-                        boost::system::error_code ignored;
-                        self->socket_.shutdown(local::socket::shutdown_both, ignored);
-                        self->close();
-                      });
-  }
-
-  // Timeouts without a timer syscall per request: reads only move deadline_;
-  // the one timer wakes at its old expiry and re-arms for the new deadline.
-  // It is re-armed at once only when the deadline moves earlier.
-  void set_deadline(Clock::time_point deadline) {
-    deadline_ = deadline;
-    if (timer_pending_ && timer_.expiry() <= deadline) return;
-    timer_.expires_at(deadline);  // a pending wait completes as aborted
-    wait_for_deadline();
-  }
-
-  void wait_for_deadline() {
-    timer_pending_ = true;
-    timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
-      if (ec) return;  // re-armed or cancelled; a newer wait (if any) is pending
-      auto self = weak.lock();
-      if (!self) return;
-      self->timer_pending_ = false;
-      if (self->closed_ || self->busy_) return;  // read_more() sets a new deadline
-      if (Clock::now() >= self->deadline_) return self->close();
-      self->timer_.expires_at(self->deadline_);
-      self->wait_for_deadline();
-    });
-  }
-
-  void close() {
-    if (closed_) return;
-    closed_ = true;
-    boost::system::error_code ignored;
-    timer_.cancel();
-    socket_.close(ignored);
-  }
-
   Server::Impl& server_;
-  local::socket socket_;
-  asio::steady_timer timer_;
+  int fd_;
   Principal principal_;
-  bool admitted_ = false;  // counted in the server's per-uid connections
-  std::vector<char> in_;   // received bytes: [start_, end_) not yet served
+  std::vector<char> in_;  // received bytes: [start_, end_) not yet served
   std::size_t start_ = 0;
   std::size_t end_ = 0;
   std::string out_;  // the response frame being written, reused
   Clock::time_point deadline_{};
   bool frame_deadline_set_ = false;
-  bool timer_pending_ = false;
-  bool busy_ = false;
-  bool closed_ = false;
 };
 
 // The op for a log line: quoted, escaped and short, since the client chose it.
@@ -468,26 +416,89 @@ void Server::Impl::serve(const Principal& principal, std::string_view body, std:
   }
 }
 
-void Server::Impl::accept() {
-  acceptor.async_accept(
-      asio::make_strand(io), [this](const boost::system::error_code& ec, local::socket socket) {
-        if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
-        if (ec) {
-          // EMFILE and friends: wait a little rather than spin on accept.
-          spdlog::warn("accept failed: {}", ec.message());
-          auto timer = std::make_shared<asio::steady_timer>(io, std::chrono::milliseconds(100));
-          timer->async_wait([this, timer](const boost::system::error_code&) { accept(); });
-          return;
-        }
-        const std::size_t now = connections.fetch_add(1, std::memory_order_relaxed) + 1;
-        auto connection = std::make_shared<Connection>(*this, std::move(socket));
-        if (now > config.max_connections) {
-          connection->refuse(ErrorCode::backend_unavailable, "too many connections");
-        } else {
-          connection->start();
-        }
-        accept();
-      });
+int Server::Impl::wait(int fd, short events, int timeout_ms) const {
+  pollfd fds[2] = {{fd, events, 0}, {stop_fd, POLLIN, 0}};
+  while (true) {
+    const int rc = ::poll(fds, 2, timeout_ms);
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc < 0 || fds[1].revents != 0) return -1;
+    // POLLHUP and POLLERR count as ready: the read or write then says what.
+    return rc == 0 ? 0 : fds[0].revents;
+  }
+}
+
+bool Server::Impl::send_all(int fd, std::string_view data) const {
+  while (!data.empty()) {
+    const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      data.remove_prefix(static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != EAGAIN) return false;
+    // A full socket buffer: a peer that does not read. No timeout applies
+    // (as while its handler runs); stop() ends the wait.
+    if (wait(fd, POLLOUT, -1) <= 0) return false;
+  }
+  return true;
+}
+
+void Server::Impl::refuse(int fd, ErrorCode code, std::string_view message) const {
+  std::string out;
+  write_error_frame(out, nullptr, code, message);
+  // The socket buffer of a new connection holds a short frame at once; a
+  // peer that does not read it loses nothing it was promised.
+  (void)!::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  ::shutdown(fd, SHUT_RDWR);
+}
+
+void Server::Impl::start_connection(int fd) {
+  {
+    std::lock_guard lock(mutex);
+    ++live_threads;
+  }
+  try {
+    std::thread([this, fd] {
+      ::pthread_setname_np(::pthread_self(), "m2mvaultd-conn");
+      try {
+        Connection(*this, fd).run();
+      } catch (...) {
+        // A bug or an allocation failure: this connection ends, serving
+        // goes on.
+        spdlog::error("unexpected exception while serving a connection");
+      }
+      ::close(fd);
+      connection_done();
+    }).detach();
+  } catch (const std::system_error& e) {
+    spdlog::warn("cannot start a thread for a connection: {}", e.what());
+    refuse(fd, ErrorCode::backend_unavailable, "the daemon cannot take another connection now");
+    ::close(fd);
+    connection_done();
+  }
+}
+
+void Server::Impl::accept_loop() {
+  while (true) {
+    const int ready = wait(listen_fd, POLLIN, -1);
+    if (ready < 0) return;  // stopping
+    const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) continue;
+      // EMFILE and friends: wait a little rather than spin on accept.
+      spdlog::warn("accept failed: {}", errno_text(errno));
+      if (wait(-1, 0, 100) < 0) return;
+      continue;
+    }
+    const std::size_t now = connections.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (now > config.max_connections) {
+      refuse(fd, ErrorCode::backend_unavailable, "too many connections");
+      ::close(fd);
+      connections.fetch_sub(1, std::memory_order_relaxed);
+      continue;
+    }
+    start_connection(fd);
+  }
 }
 
 void Server::Impl::bind() {
@@ -496,6 +507,10 @@ void Server::Impl::bind() {
     throw Error(ErrorCode::invalid_argument,
                 fmt::format("socket path '{}' is empty or longer than {} bytes", path.string(),
                             sizeof(sockaddr_un::sun_path) - 1));
+  }
+  stop_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (stop_fd < 0) {
+    throw Error(ErrorCode::internal, "cannot create an eventfd: " + errno_text(errno));
   }
   if (const auto dir = path.parent_path(); !dir.empty()) {
     std::error_code ec;
@@ -526,17 +541,26 @@ void Server::Impl::bind() {
     }
     spdlog::info("replaced the stale socket {}", path.string());
   }
-  boost::system::error_code ec;
-  acceptor.open(local(), ec);
-  if (!ec) acceptor.bind(local::endpoint(path.string()), ec);
-  if (ec == asio::error::address_in_use) {
-    throw Error(ErrorCode::conflict,
-                fmt::format("another daemon is listening on {}", path.string()));
+  listen_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (listen_fd < 0) {
+    throw Error(ErrorCode::internal, "cannot create a socket: " + errno_text(errno));
   }
-  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.native().size() + 1);
+  if (::bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    if (errno == EADDRINUSE) {
+      throw Error(ErrorCode::conflict,
+                  fmt::format("another daemon is listening on {}", path.string()));
+    }
     throw Error(ErrorCode::internal,
-                fmt::format("cannot listen on {}: {}", path.string(), ec.message()));
+                fmt::format("cannot listen on {}: {}", path.string(), errno_text(errno)));
+  }
+  if (::listen(listen_fd, SOMAXCONN) != 0) {
+    const int err = errno;
+    ::unlink(path.c_str());
+    throw Error(ErrorCode::internal,
+                fmt::format("cannot listen on {}: {}", path.string(), errno_text(err)));
   }
   // Anyone may connect; the policy decides from the peer's credentials.
   if (::chmod(path.c_str(), 0666) != 0 || ::lstat(path.c_str(), &st) != 0) {
@@ -565,40 +589,22 @@ Server::Server(ServerConfig config, RequestHandler& handler)
 }
 
 Server::~Server() {
-  boost::system::error_code ignored;
-  impl_->acceptor.close(ignored);
   impl_->unlink_socket();
 }
 
 void Server::run() {
-  auto run_io = [this] {
-    // A handler that throws past its own catch (a bug) is logged; serving
-    // goes on.
-    while (true) {
-      try {
-        impl_->io.run();
-        return;
-      } catch (...) {
-        spdlog::error("unexpected exception in the socket server");
-      }
-    }
-  };
-  impl_->accept();
-  std::vector<std::thread> threads;
-  for (std::size_t i = 1; i < std::max<std::size_t>(1, impl_->config.threads); ++i) {
-    threads.emplace_back(run_io);
-  }
-  run_io();
-  for (auto& t : threads) t.join();
+  impl_->accept_loop();
+  // Stopping: no new connections; each connection's thread finishes the
+  // request it is serving (its handler is not interrupted) and ends.
+  std::unique_lock lock(impl_->mutex);
+  impl_->threads_gone.wait(lock, [this] { return impl_->live_threads == 0; });
 }
 
 void Server::stop() {
   impl_->unlink_socket();
-  asio::post(impl_->io, [this] {
-    boost::system::error_code ignored;
-    impl_->acceptor.close(ignored);
-    impl_->io.stop();
-  });
+  impl_->stopping.store(true, std::memory_order_relaxed);
+  const std::uint64_t one = 1;
+  (void)!::write(impl_->stop_fd, &one, sizeof one);
 }
 
 std::size_t Server::connection_count() const {

@@ -1,6 +1,12 @@
-// The daemon's Unix-socket front end (Boost.Asio). It only frames, reads the
-// peer's credentials and enforces transport limits; every decision about
-// what a request may do belongs to the RequestHandler.
+// The daemon's Unix-socket front end. It only frames, reads the peer's
+// credentials and enforces transport limits; every decision about what a
+// request may do belongs to the RequestHandler.
+//
+// Each connection is served by its own thread with blocking waits, so a
+// request wakes exactly the thread that answers it (no hand-off between
+// threads on the way), and a handler that blocks holds up only its own
+// connection. Clients hold few, long-lived connections (the provider keeps
+// one per thread), so max_connections bounds the threads.
 #pragma once
 
 #include <chrono>
@@ -21,7 +27,9 @@ struct ServerConfig {
   // A connection with no request in flight is closed after this long.
   std::chrono::milliseconds idle_timeout{std::chrono::minutes(10)};
   std::size_t max_connections = 512;
-  std::size_t threads = 8;  // request threads; handlers may block (HSM, fsync)
+  // Handlers running at once; a request beyond waits for one to finish.
+  // Handlers may block (HSM, fsync), so this is more than the cores.
+  std::size_t threads = 8;
   // Open connections one principal may hold (0: no limit beyond
   // max_connections); asked for each new connection, so it may change.
   std::function<std::size_t(const Principal&)> connections_per_principal;

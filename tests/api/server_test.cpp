@@ -370,6 +370,47 @@ TEST_F(ServerTest, ABlockedHandlerDoesNotHoldUpOtherConnections) {
   EXPECT_EQ(slow.get(), json::object());
 }
 
+TEST_F(ServerTest, RequestsBeyondTheHandlerLimitWaitTheirTurn) {
+  config_.threads = 1;
+  start();
+  auto blocked = handler_.blocked.get_future();
+  auto slow = std::async(std::launch::async, [&] {
+    auto c = client();
+    return c.call("block");
+  });
+  blocked.wait();
+  // The one handler slot is taken: another connection's request waits...
+  auto waiting = std::async(std::launch::async, [&] {
+    auto c = client();
+    return c.call("echo", {{"x", 2}});
+  });
+  EXPECT_EQ(waiting.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout);
+  // ...and is served once the slot is free.
+  handler_.release.set_value();
+  EXPECT_EQ(slow.get(), json::object());
+  EXPECT_EQ(waiting.get(), (json{{"x", 2}}));
+}
+
+TEST_F(ServerTest, StopEndsAConnectionWhosePeerDoesNotRead) {
+  start();
+  auto c = client();
+  // Pipelined requests whose answers the client never reads fill the
+  // socket buffers until the server's write waits (and then the client's).
+  auto sender = std::async(std::launch::async, [&] {
+    const std::string big(200'000, 'x');
+    try {
+      for (int i = 0; i < 40; ++i) c.send("echo", {{"pad", big}});
+    } catch (const Error&) {
+      // the server hung up, or the client's own timeout
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  server_->stop();
+  thread_.join();  // returns: the waiting write was given up
+  server_.reset();
+  sender.get();
+}
+
 TEST_F(ServerTest, PeerCredentialsOfAnotherProcess) {
   start();
   int pipe_fds[2];
