@@ -111,6 +111,7 @@ def main():
                     help="alternate the variants this many times; report medians (the VM is noisy)")
     ap.add_argument("--no-audit", action="store_true",
                     help="run the daemon with [audit] enabled = false, to see what auditing each sign costs")
+    ap.add_argument("--threads", type=int, help="the daemon's request threads (its default when not given)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -120,10 +121,13 @@ def main():
     results = {"signatures_per_second": {}, "handshakes_per_second": {}}
     try:
         extra = []
-        if args.no_audit:
+        if args.no_audit or args.threads:
             config = os.path.join(root, "m2mvaultd.toml")
             with open(config, "w") as f:
-                f.write("[audit]\nenabled = false\n")
+                if args.threads:
+                    f.write(f"threads = {args.threads}\n")
+                if args.no_audit:
+                    f.write("[audit]\nenabled = false\n")
             extra = ["--config", config]
         daemon.start(extra=extra)
         daemon.cli("key", "generate", "--name", "bench-ec", check=True)
