@@ -18,17 +18,47 @@ struct Signing {
   const ProviderContext& provider;
   KeyType type;
   const Key* key = nullptr;
-  EvpPkeyCtxPtr op;  // on key->pkey() in the software context, sign- or verify-initialized
-  EvpMdCtxPtr md;    // the message digest of digest_sign / digest_verify
+  // On key->pkey() in the software context, sign- or verify-initialized. An
+  // ECDSA signature by a vault key needs nothing from it, so there it is made
+  // only when parameters are asked for or set (make_op): a TLS handshake
+  // then spends no software key context on its signature.
+  EvpPkeyCtxPtr op;
+  EvpMdCtxPtr md;  // the message digest of digest_sign / digest_verify
   bool signing = false;
+  bool initialized = false;  // by sign_init, verify_init or a digest init
+  std::string mdname;        // the digest named at init, while op is not made
 };
 
 Signing* signing_of(void* ctx) {
   return static_cast<Signing*>(ctx);
 }
 
+bool set_digest(EVP_PKEY_CTX* op, const char* mdname) {
+  OSSL_PARAM digest[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, const_cast<char*>(mdname), 0),
+      OSSL_PARAM_construct_end()};
+  return EVP_PKEY_CTX_set_params(op, digest) == 1;
+}
+
+// Makes the software operation context (once), initialized as the
+// operation and with the digest named at init.
+bool make_op(Signing& s) {
+  if (s.op) return true;
+  if (!s.initialized || s.key == nullptr || s.key->pkey() == nullptr) return false;
+  EvpPkeyCtxPtr op(EVP_PKEY_CTX_new_from_pkey(s.provider.software_libctx(), s.key->pkey(), nullptr));
+  if (!op) return false;
+  // The default provider accepts a sign init on a public key (it fails only
+  // in the sign call): a vault key's parameters are handled there too.
+  if ((s.signing ? EVP_PKEY_sign_init(op.get()) : EVP_PKEY_verify_init(op.get())) != 1) return false;
+  if (!s.mdname.empty() && !set_digest(op.get(), s.mdname.c_str())) return false;
+  s.op = std::move(op);
+  s.mdname.clear();
+  return true;
+}
+
 // The digest named by the operation's parameters ("" when none is set).
 std::string digest_name(const Signing& s) {
+  if (!s.op) return s.mdname;
   char name[64] = "";
   OSSL_PARAM params[] = {
       OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, name, sizeof name),
@@ -52,18 +82,14 @@ int init(void* ctx, void* provkey, const OSSL_PARAM params[], bool signing, cons
   if (provkey != nullptr) s.key = static_cast<const Key*>(provkey);
   if (s.key == nullptr || s.key->pkey() == nullptr) return 0;
   s.signing = signing;
+  s.initialized = true;
   s.md.reset();
-  s.op.reset(EVP_PKEY_CTX_new_from_pkey(s.provider.software_libctx(), s.key->pkey(), nullptr));
-  if (!s.op) return 0;
-  // The default provider accepts a sign init on a public key (it fails only
-  // in the sign call): a vault key's parameters are handled there too.
-  if ((signing ? EVP_PKEY_sign_init(s.op.get()) : EVP_PKEY_verify_init(s.op.get())) != 1) return 0;
-  if (mdname != nullptr && *mdname != '\0') {
-    OSSL_PARAM digest[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_DIGEST, const_cast<char*>(mdname), 0),
-        OSSL_PARAM_construct_end()};
-    if (EVP_PKEY_CTX_set_params(s.op.get(), digest) != 1) return 0;
-  }
+  s.op.reset();
+  s.mdname = mdname != nullptr ? mdname : "";
+  const bool deferred = signing && s.type == KeyType::ec && s.key->in_vault() &&
+                        (params == nullptr || params[0].key == nullptr);
+  if (deferred) return 1;
+  if (!make_op(s)) return 0;
   if (params != nullptr && EVP_PKEY_CTX_set_params(s.op.get(), params) != 1) return 0;
   return 1;
 }
@@ -99,7 +125,7 @@ const char* vault_scheme(const Signing& s, size_t digest_size) {
   char mgf1[64] = "";
   OSSL_PARAM params[] = {OSSL_PARAM_construct_int(OSSL_SIGNATURE_PARAM_PAD_MODE, &padding),
                          OSSL_PARAM_construct_end()};
-  if (EVP_PKEY_CTX_get_params(s.op.get(), params) != 1) return nullptr;
+  if (!s.op || EVP_PKEY_CTX_get_params(s.op.get(), params) != 1) return nullptr;
   if (padding == RSA_PKCS1_PADDING) return "rsa-pkcs1";
   if (padding != RSA_PKCS1_PSS_PADDING) {
     raise_error(s.provider, kUnsupported, "m2mvaultd signs RSA with PKCS#1 v1.5 or PSS padding");
@@ -162,7 +188,7 @@ int vault_sign(const Signing& s, unsigned char* sig, size_t* siglen, size_t sigs
 template <KeyType type>
 void* SignatureFunctions<type>::newctx(void* provctx, const char*) {
   return std::make_unique<Signing>(Signing{*static_cast<ProviderContext*>(provctx), type, nullptr,
-                                           nullptr, nullptr, false})
+                                           nullptr, nullptr, false, false, {}})
       .release();
 }
 
@@ -218,7 +244,8 @@ void signature_freectx(void* ctx) {
 void* signature_dupctx(void* ctx) {
   const Signing& s = *signing_of(ctx);
   auto copy =
-      std::make_unique<Signing>(Signing{s.provider, s.type, s.key, nullptr, nullptr, s.signing});
+      std::make_unique<Signing>(Signing{s.provider, s.type, s.key, nullptr, nullptr, s.signing,
+                                        s.initialized, s.mdname});
   if (s.op) {
     copy->op.reset(EVP_PKEY_CTX_dup(s.op.get()));
     if (!copy->op) return nullptr;
@@ -241,12 +268,13 @@ int signature_verify_init(void* ctx, void* provkey, const OSSL_PARAM params[]) {
 int signature_sign(void* ctx, unsigned char* sig, size_t* siglen, size_t sigsize,
                    const unsigned char* tbs, size_t tbslen) {
   const Signing& s = *signing_of(ctx);
-  if (!s.op || !s.signing) return 0;
+  if (!s.initialized || !s.signing) return 0;
   if (sig == nullptr) {
     *siglen = static_cast<size_t>(EVP_PKEY_get_size(s.key->pkey()));
     return 1;
   }
   if (s.key->in_vault()) return vault_sign(s, sig, siglen, sigsize, tbs, tbslen);
+  if (!s.op) return 0;  // made at init for every key outside the vault
   *siglen = sigsize;
   return EVP_PKEY_sign(s.op.get(), sig, siglen, tbs, tbslen);
 }
@@ -293,13 +321,14 @@ int signature_digest_verify_final(void* ctx, const unsigned char* sig, size_t si
 }
 
 int signature_get_ctx_params(void* ctx, OSSL_PARAM params[]) {
-  const Signing& s = *signing_of(ctx);
-  return s.op ? EVP_PKEY_CTX_get_params(s.op.get(), params) : 0;
+  Signing& s = *signing_of(ctx);
+  return make_op(s) ? EVP_PKEY_CTX_get_params(s.op.get(), params) : 0;
 }
 
 int signature_set_ctx_params(void* ctx, const OSSL_PARAM params[]) {
   Signing& s = *signing_of(ctx);
-  if (!s.op) return 0;
+  if (params == nullptr || params[0].key == nullptr) return s.initialized ? 1 : 0;
+  if (!make_op(s)) return 0;
   if (EVP_PKEY_CTX_set_params(s.op.get(), const_cast<OSSL_PARAM*>(params)) != 1) return 0;
   // A digest chosen after init (before any data) replaces the message digest.
   if (s.md && OSSL_PARAM_locate_const(params, OSSL_SIGNATURE_PARAM_DIGEST) != nullptr) {
