@@ -47,18 +47,24 @@ void ResourceRecord::close() noexcept {
 }
 
 Connection::Connection(const std::string& tcti) {
-  TSS2_TCTI_CONTEXT* raw_tcti = nullptr;
-  check(Tss2_TctiLdr_Initialize(tcti.c_str(), &raw_tcti),
-        ("Tss2_TctiLdr_Initialize(\"" + tcti + "\")").c_str(), Failure::unavailable);
-  tcti_.reset(raw_tcti);
+  TSS2_TCTI_CONTEXT* opened = nullptr;
+  if (is_swtpm_tcti(tcti)) {
+    swtpm_ = std::make_unique<SwtpmTcti>(tcti);
+    opened = swtpm_->context();
+  } else {
+    check(Tss2_TctiLdr_Initialize(tcti.c_str(), &opened),
+          ("Tss2_TctiLdr_Initialize(\"" + tcti + "\")").c_str(), Failure::unavailable);
+    loaded_tcti_.reset(opened);
+  }
   ESYS_CONTEXT* raw_esys = nullptr;
-  check(Esys_Initialize(&raw_esys, tcti_.get(), nullptr), "Esys_Initialize", Failure::unavailable);
+  check(Esys_Initialize(&raw_esys, opened, nullptr), "Esys_Initialize", Failure::unavailable);
   esys_.reset(raw_esys);
 }
 
 Connection::~Connection() {
   esys_.reset();  // before the TCTI it uses
-  tcti_.reset();
+  loaded_tcti_.reset();
+  swtpm_.reset();
 }
 
 void Connection::startup() {

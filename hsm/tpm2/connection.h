@@ -3,9 +3,12 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "hsm/tpm2/swtpm_tcti.h"
 #include "hsm/tpm2/tss.h"
 
 namespace m2mvault::hsm::tpm2 {
@@ -60,15 +63,21 @@ class ResourceRecord {
 
 class Connection {
  public:
-  // Opens the TCTI named by `tcti` ("device:/dev/tpmrm0", "swtpm:port=N",
-  // "swtpm:host=H,port=N", anything Tss2_TctiLdr_Initialize accepts) and an
-  // ESAPI context on it. Throws TpmError(unavailable).
+  // Opens the TCTI named by `tcti` and an ESAPI context on it. "swtpm" and
+  // "swtpm:..." ("swtpm:port=N", "swtpm:host=H,port=N") are the vault's own
+  // swtpm TCTI (swtpm_tcti.h); anything else ("device:/dev/tpmrm0",
+  // "tabrmd:...", "libtss2-tcti-swtpm.so.0:port=N" for tpm2-tss's swtpm
+  // TCTI) goes to Tss2_TctiLdr_Initialize. Throws TpmError(unavailable).
   explicit Connection(const std::string& tcti);
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
   ~Connection();
 
   ESYS_CONTEXT* esys() const noexcept { return esys_.get(); }
+
+  // TCP connections the vault's swtpm TCTI opened for this connection; 0
+  // on any other TCTI.
+  std::uint64_t swtpm_connects() const noexcept { return swtpm_ ? swtpm_->connects() : 0; }
 
   // TPM2_Startup(CLEAR) for a TPM that was reset and not started again (a
   // bare simulator); TPM_RC_INITIALIZE (already started) is success.
@@ -96,8 +105,11 @@ class Connection {
   std::uint32_t fixed_property(TPM2_PT property);
 
  private:
-  TctiPtr tcti_;
-  EsysContextPtr esys_;
+  // One of the two is set: the TCTI is ours, or tpm2-tss's through TctiLdr
+  // (finalized by it; ours must not be).
+  std::unique_ptr<SwtpmTcti> swtpm_;
+  TctiPtr loaded_tcti_;
+  EsysContextPtr esys_;  // last: finalized before the TCTI it uses
 };
 
 // True when `tcti` names a resource manager (the kernel's /dev/tpmrm*, or

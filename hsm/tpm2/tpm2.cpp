@@ -193,7 +193,10 @@ std::string Tpm2::model() const {
 
 Stats Tpm2::stats() const {
   std::lock_guard lock(mutex_);
-  return stats_;
+  Stats out = stats_;
+  out.tcti_connections =
+      tcti_connections_of_dropped_links_ + (link_ ? link_->connection.swtpm_connects() : 0);
+  return out;
 }
 
 // Runs `operation` on the live link. When the TPM has lost what this process
@@ -218,6 +221,7 @@ auto Tpm2::run(Operation&& operation) {
 
 void Tpm2::drop_link() noexcept {
   if (!link_) return;
+  tcti_connections_of_dropped_links_ += link_->connection.swtpm_connects();
   link_->abandon();
   link_.reset();
 }

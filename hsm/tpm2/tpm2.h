@@ -48,8 +48,9 @@ inline constexpr std::size_t kMaxSecretSize = 128;
 inline constexpr std::size_t kMaxHmacInput = 1024;
 
 struct Config {
-  // Any Tss2_TctiLdr configuration: "device:/dev/tpmrm0" (the kernel's
-  // resource manager), "swtpm:port=N", "swtpm:host=127.0.0.1,port=N".
+  // "device:/dev/tpmrm0" (the kernel's resource manager), "swtpm:port=N",
+  // "swtpm:host=127.0.0.1,port=N" (the vault's swtpm TCTI, one persistent
+  // connection), or any other Tss2_TctiLdr configuration.
   std::string tcti = kDefaultTcti;
   // Objects kept loaded besides the primary. 0: the TPM's guaranteed
   // transient slots (TPM_PT_HR_TRANSIENT_MIN) minus the primary's.
@@ -94,6 +95,7 @@ struct Stats {
   std::size_t flushed_at_start = 0;    // leftovers flushed when the last connection opened
   std::size_t loaded_capacity = 0;     // objects kept loaded besides the primary
   std::uint64_t signing_sessions = 0;  // HMAC sessions started for TPM2_Sign
+  std::uint64_t tcti_connections = 0;  // TCP connections the swtpm TCTI opened (0 on others)
 };
 
 class Tpm2 {
@@ -225,6 +227,7 @@ class Tpm2 {
   std::unique_ptr<Link> link_;  // null between a drop and the next reconnect
   std::string model_;
   Stats stats_;
+  std::uint64_t tcti_connections_of_dropped_links_ = 0;
 };
 
 // --- blobs, without the TPM ---------------------------------------------------

@@ -52,6 +52,8 @@ void check(TSS2_RC rc, const char* call);
 void check(TSS2_RC rc, const char* call, Failure failure);
 [[noreturn]] void fail(TSS2_RC rc, const char* call, Failure failure);
 
+// A TCTI loaded by Tss2_TctiLdr_Initialize (not the vault's own swtpm TCTI,
+// which SwtpmTcti owns).
 struct TctiFinalize {
   void operator()(TSS2_TCTI_CONTEXT* tcti) const noexcept { Tss2_TctiLdr_Finalize(&tcti); }
 };

@@ -33,7 +33,8 @@ struct KeySet {
   }
 };
 
-// A bare ESAPI connection, for setting up and inspecting the TPM around Tpm2.
+// A bare ESAPI connection, for setting up and inspecting the TPM around Tpm2:
+// tpm2-tss's swtpm TCTI (Tss2_TctiLdr), a TCP connection per command.
 class RawEsys {
  public:
   explicit RawEsys(const std::string& tcti) {
@@ -176,9 +177,11 @@ TEST(Lifecycle, SignIsTheFirstCommandAfterAReset) {
 
 // A session gone from under the connection (TPM_RC_REFERENCE_S0 on the
 // next sign) is recovered like a reset: reconnect, new sessions, sign again.
+// The other client talks to swtpm while the Tpm2 lives: both on tpm2-tss's
+// TCTI, which holds no connection between commands.
 TEST(Lifecycle, SigningSessionFlushedFromOutsideIsReplaced) {
   Swtpm swtpm;
-  Tpm2 tpm(swtpm.config());
+  Tpm2 tpm(swtpm.shared_config());
   const KeySet keys(tpm);
   keys.expect_usable(tpm);
   {

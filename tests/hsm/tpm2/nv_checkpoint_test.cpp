@@ -32,9 +32,12 @@ Bytes checkpoint(std::uint64_t seq) {
   return out;
 }
 
+// Most tests here read and write NV from a second client (RawNv) while the
+// backend is open, so the backend uses tpm2-tss's swtpm TCTI, which holds no
+// connection between commands (swtpm serves one connection at a time).
 std::unique_ptr<SecureElement> open_on(const Swtpm& swtpm, const TempDir& state,
                                        std::uint32_t nv_index = kDefaultAuditNvIndex) {
-  return open(BackendConfig{swtpm.config(), state.path(), nv_index});
+  return open(BackendConfig{swtpm.shared_config(), state.path(), nv_index});
 }
 
 // The Error an operation throws (failure and message); fails the test when
@@ -50,8 +53,8 @@ Error error_of(Call&& call) {
   return Error(Failure::internal, "");
 }
 
-// A bare ESAPI connection to the TPM: owner-authorized NV commands, nothing
-// flushed, nothing loaded.
+// A bare ESAPI connection to the TPM (tpm2-tss's swtpm TCTI): owner-authorized
+// NV commands, nothing flushed, nothing loaded.
 class RawNv {
  public:
   explicit RawNv(const std::string& tcti) {

@@ -66,9 +66,10 @@ Swtpm::Swtpm() {
   std::string pattern = (std::filesystem::temp_directory_path() / "m2mvault-swtpm-XXXXXX").string();
   if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
   state_dir_ = pattern;
-  // Even ports below the ephemeral range: tpm2-tss's swtpm TCTI opens a
-  // connection per command, and the ephemeral ports those leave in
-  // TIME_WAIT cannot be bound by a listener for a minute.
+  // Even ports below the ephemeral range: tpm2-tss's swtpm TCTI (the raw
+  // ESAPI clients here, shared_config()) still opens a connection per
+  // command, and the ephemeral ports those leave in TIME_WAIT cannot be
+  // bound by a listener for a minute.
   std::mt19937 random(std::random_device{}());
   std::uniform_int_distribution<int> pick(5000, ephemeral_port_floor() / 2 - 1);
   for (int attempt = 0; attempt < 30; ++attempt) {
@@ -92,6 +93,12 @@ std::string Swtpm::tcti() const {
 Config Swtpm::config() const {
   Config config;
   config.tcti = tcti();
+  return config;
+}
+
+Config Swtpm::shared_config() const {
+  Config config;
+  config.tcti = "libtss2-tcti-swtpm.so.0:host=127.0.0.1,port=" + std::to_string(port_);
   return config;
 }
 

@@ -20,9 +20,15 @@ class Swtpm {
   // Kills swtpm and removes its state directory.
   ~Swtpm();
 
-  // "swtpm:host=127.0.0.1,port=P".
+  // "swtpm:host=127.0.0.1,port=P": the vault's swtpm TCTI in a Tpm2 (one
+  // connection, held while it lives), tpm2-tss's through Tss2_TctiLdr.
   std::string tcti() const;
   Config config() const;
+  // A Tpm2 on tpm2-tss's swtpm TCTI ("libtss2-tcti-swtpm.so.0:...", a
+  // connection per command), for a test in which another client talks to
+  // this swtpm while the Tpm2 lives: swtpm serves one connection at a time,
+  // so the vault's would hold the other client off until it closes.
+  Config shared_config() const;
   int port() const noexcept { return port_; }
   const std::filesystem::path& state_dir() const noexcept { return state_dir_; }
 
