@@ -82,9 +82,10 @@ class Swtpm:
 
     @classmethod
     def _free_port_pair(cls):
-        # Below the ephemeral range: tpm2-tss's swtpm TCTI opens a connection
-        # per command, and the ephemeral ports those leave in TIME_WAIT
-        # cannot be bound by a listener for a minute.
+        # Below the ephemeral range: the daemon keeps one connection, but
+        # tpm2-tss's swtpm TCTI (tpm2-tools, tpm2-openssl, tpm2-abrmd in the
+        # benchmarks) opens one per command, and the ephemeral ports those
+        # leave in TIME_WAIT cannot be bound by a listener for a minute.
         low = ephemeral_port_floor()
         for _ in range(200):
             port = random.randrange(10000, low - 2)
