@@ -206,7 +206,8 @@ TSS2_RC SwtpmTcti::receive(TSS2_TCTI_CONTEXT* context, size_t* size, uint8_t* re
     const std::uint32_t declared = size_field(self->response_.data());
     // Out of step with the TPM, or not a TPM at all: nothing after this
     // can be trusted to start a response.
-    if (declared < kHeaderSize || declared > self->response_.size()) {
+    if (declared < kHeaderSize || declared > self->response_.size() ||
+        self->received_ > declared) {
       return self->fail_command(TSS2_TCTI_RC_MALFORMED_RESPONSE);
     }
     self->response_size_ = declared;
@@ -340,20 +341,24 @@ TSS2_RC SwtpmTcti::send_command(const uint8_t* command, std::size_t size) noexce
 
 TSS2_RC SwtpmTcti::read_response(std::size_t until, const Deadline& deadline) noexcept {
   while (received_ < until) {
-    int wait_ms = -1;
+    // Blocking (what ESAPI asks for): the socket's own wait, no poll.
     if (deadline) {
       const auto left = std::chrono::ceil<std::chrono::milliseconds>(
           *deadline - std::chrono::steady_clock::now());
-      wait_ms = static_cast<int>(std::clamp<std::int64_t>(left.count(), 0, INT_MAX));
+      const int wait_ms = static_cast<int>(std::clamp<std::int64_t>(left.count(), 0, INT_MAX));
+      pollfd readable{socket_, POLLIN, 0};
+      const int ready = poll(&readable, 1, wait_ms);
+      if (ready < 0) {
+        if (errno == EINTR) continue;
+        return fail_command(TSS2_TCTI_RC_IO_ERROR);
+      }
+      if (ready == 0) return TSS2_TCTI_RC_TRY_AGAIN;
     }
-    pollfd readable{socket_, POLLIN, 0};
-    const int ready = poll(&readable, 1, wait_ms);
-    if (ready < 0) {
-      if (errno == EINTR) continue;
-      return fail_command(TSS2_TCTI_RC_IO_ERROR);
-    }
-    if (ready == 0) return TSS2_TCTI_RC_TRY_AGAIN;
-    const ssize_t got = ::recv(socket_, response_.data() + received_, until - received_, 0);
+    // As much as has come, up to the buffer: one command is in flight, so
+    // whatever arrives belongs to its response (the header is checked
+    // against the count), and a whole response usually takes one recv.
+    const ssize_t got =
+        ::recv(socket_, response_.data() + received_, response_.size() - received_, 0);
     if (got > 0) {
       received_ += static_cast<std::size_t>(got);
     } else if (got < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {

@@ -461,15 +461,21 @@ TEST(SwtpmTcti, AnAbsurdResponseSizeIsMalformedAndTheConnectionIsReplaced) {
     read_command(fd);
     if (connection == 0) write_all(fd, header_claiming(0x40000000));  // 1 GiB
     if (connection == 1) write_all(fd, header_claiming(6));           // shorter than a header
-    if (connection < 2) return;
+    if (connection == 2) {  // more than the header declares, in one write
+      Bytes longer = get_random_response(random);
+      longer.push_back(0x00);
+      write_all(fd, longer);
+    }
+    if (connection < 3) return;
     write_all(fd, get_random_response(random));
     answer_get_random(fd, random);
   });
   SwtpmTcti tcti(peer.tcti());
   EXPECT_EQ(get_random_through(tcti.context(), 8).rc, TSS2_TCTI_RC_MALFORMED_RESPONSE);
   EXPECT_EQ(get_random_through(tcti.context(), 8).rc, TSS2_TCTI_RC_MALFORMED_RESPONSE);
+  EXPECT_EQ(get_random_through(tcti.context(), 8).rc, TSS2_TCTI_RC_MALFORMED_RESPONSE);
   EXPECT_EQ(get_random_through(tcti.context(), 8).response, get_random_response(random));
-  EXPECT_EQ(tcti.connects(), 3u);
+  EXPECT_EQ(tcti.connects(), 4u);
 }
 
 TEST(SwtpmTcti, FollowsTheTctiStateMachine) {
