@@ -78,6 +78,15 @@ class ServerTest : public ::testing::Test {
   }
   Client client() { return Client(config_.socket_path, std::chrono::seconds(5)); }
 
+  // A "block" request on a connection of its own, returned once its handler
+  // runs; it is answered when the test sets handler_.release.
+  std::future<json> call_that_blocks() {
+    auto blocked = handler_.blocked.get_future();
+    auto call = std::async(std::launch::async, [this] { return client().call("block"); });
+    blocked.wait();
+    return call;
+  }
+
   // Sends raw bytes and returns the next response on the same connection.
   json raw(Client& c, const std::string& bytes) {
     c.send_raw(bytes);
@@ -357,12 +366,7 @@ TEST_F(ServerTest, DeeplyNestedJsonIsHandled) {
 
 TEST_F(ServerTest, ABlockedHandlerDoesNotHoldUpOtherConnections) {
   start();
-  auto blocked = handler_.blocked.get_future();
-  auto slow = std::async(std::launch::async, [&] {
-    auto c = client();
-    return c.call("block");
-  });
-  blocked.wait();
+  auto slow = call_that_blocks();
   // Served while the other connection's handler is still running.
   auto fast = client();
   EXPECT_EQ(fast.call("echo", {{"x", 1}}), (json{{"x", 1}}));
@@ -373,12 +377,7 @@ TEST_F(ServerTest, ABlockedHandlerDoesNotHoldUpOtherConnections) {
 TEST_F(ServerTest, RequestsBeyondTheHandlerLimitWaitTheirTurn) {
   config_.threads = 1;
   start();
-  auto blocked = handler_.blocked.get_future();
-  auto slow = std::async(std::launch::async, [&] {
-    auto c = client();
-    return c.call("block");
-  });
-  blocked.wait();
+  auto slow = call_that_blocks();
   // The one handler slot is taken: another connection's request waits...
   auto waiting = std::async(std::launch::async, [&] {
     auto c = client();
