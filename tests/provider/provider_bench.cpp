@@ -3,7 +3,7 @@
 // any other provider's key (tpm2-openssl), and with a key in a file. Driven
 // by tests/bench/provider_bench.py and tests/bench/tpm2_bench.py.
 //
-//   provider_bench [--seconds S] [--operation digest-sign|sign] [--start-at T]
+//   provider_bench [--seconds S] [--operation digest-sign|sign] [--start-at T] [--gap-us G]
 //                  [--modules DIR --socket PATH --key NAME]      provider
 //                  [--engine-key PKCS11-URI --engine-module SO --pin PIN]
 //                  [--store-key URI --store-providers P1,P2 [--label TEXT]]
@@ -17,7 +17,12 @@
 // --store-providers are loaded in the order given, into a library context
 // of their own, and --store-key is opened with OSSL_STORE in it.
 //
-// Prints one line per measurement: "<what>: <N> sign/s".
+// --gap-us: spin G microseconds between signatures (a server's handshake
+// work between its signatures) and report the median time of one signature
+// instead of a rate (tests/bench/README.md, session 5).
+//
+// Prints one line per measurement: "<what>: <N> sign/s", or with --gap-us
+// "<what>: p50 <T> us per signature, <G> us apart".
 #define OPENSSL_SUPPRESS_DEPRECATED  // the libp11 engine is an ENGINE
 #include <openssl/engine.h>
 #include <openssl/err.h>
@@ -26,6 +31,7 @@
 #include <openssl/provider.h>
 #include <openssl/store.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -34,6 +40,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "engine/provider/openssl_owners.h"
 
@@ -46,6 +53,7 @@ struct Options {
   double seconds = 5.0;
   bool digest_sign = true;  // false: EVP_PKEY_sign of a digest
   double start_at = 0.0;    // seconds since the epoch; 0: at once
+  long gap_us = 0;          // spun between signatures; 0: back to back
 };
 
 // One signature of a fixed 32-byte message (or of its SHA-256 digest).
@@ -82,6 +90,27 @@ double measure(const char* what, OSSL_LIB_CTX* libctx, EVP_PKEY* key, const Opti
     }
   }
   wait_until(options.start_at);
+  if (options.gap_us > 0) {
+    std::vector<double> took;
+    const auto end = Clock::now() + std::chrono::duration<double>(options.seconds);
+    while (Clock::now() < end) {
+      const auto resume = Clock::now() + std::chrono::microseconds(options.gap_us);
+      while (Clock::now() < resume) {
+      }
+      const auto start = Clock::now();
+      if (!sign_once(libctx, key, options.digest_sign)) {
+        std::fprintf(stderr, "%s: signing failed\n", what);
+        ERR_print_errors_fp(stderr);
+        return -1;
+      }
+      took.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+    }
+    std::nth_element(took.begin(), took.begin() + took.size() / 2, took.end());
+    std::printf("%s: p50 %.0f us per signature, %ld us apart\n", what, took[took.size() / 2],
+                options.gap_us);
+    std::fflush(stdout);
+    return took[took.size() / 2];
+  }
   long count = 0;
   const auto start = Clock::now();
   const auto end = start + std::chrono::duration<double>(options.seconds);
@@ -189,6 +218,7 @@ int main(int argc, char** argv) {
   Options options;
   if (o.count("--seconds")) options.seconds = std::atof(o["--seconds"].c_str());
   if (o.count("--start-at")) options.start_at = std::atof(o["--start-at"].c_str());
+  if (o.count("--gap-us")) options.gap_us = std::atol(o["--gap-us"].c_str());
   if (o.count("--operation")) {
     if (o["--operation"] != "digest-sign" && o["--operation"] != "sign") {
       std::fprintf(stderr, "--operation is digest-sign or sign\n");
