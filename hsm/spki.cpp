@@ -1,6 +1,7 @@
 #include "hsm/spki.h"
 
 #include <openssl/core_names.h>
+#include <openssl/ecdsa.h>
 #include <openssl/x509.h>
 
 #include <string>
@@ -11,6 +12,7 @@
 namespace m2mvault::hsm {
 namespace {
 
+using pkcs11::BignumPtr;
 using pkcs11::EvpPkeyCtxPtr;
 using pkcs11::EvpPkeyPtr;
 using pkcs11::ParamBldPtr;
@@ -50,6 +52,23 @@ Bytes p256_spki(std::span<const std::uint8_t> point) {
   const ParamPtr params(OSSL_PARAM_BLD_to_param(build.get()));
   if (!params) openssl_failed("OSSL_PARAM_BLD_to_param");
   return spki_from_params("EC", params.get(), "public key is not a valid P-256 point");
+}
+
+Bytes ecdsa_der(std::span<const std::uint8_t> r, std::span<const std::uint8_t> s) {
+  using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, pkcs11::OpenSslDeleter<ECDSA_SIG_free>>;
+  BignumPtr r_bn(BN_bin2bn(r.data(), static_cast<int>(r.size()), nullptr));
+  BignumPtr s_bn(BN_bin2bn(s.data(), static_cast<int>(s.size()), nullptr));
+  EcdsaSigPtr sig(ECDSA_SIG_new());
+  if (!r_bn || !s_bn || !sig) openssl_failed("BN_bin2bn");
+  if (ECDSA_SIG_set0(sig.get(), r_bn.get(), s_bn.get()) != 1) openssl_failed("ECDSA_SIG_set0");
+  (void)r_bn.release();  // owned by sig now
+  (void)s_bn.release();
+  const int size = i2d_ECDSA_SIG(sig.get(), nullptr);
+  if (size <= 0) openssl_failed("i2d_ECDSA_SIG");
+  Bytes der(static_cast<std::size_t>(size));
+  unsigned char* out = der.data();
+  if (i2d_ECDSA_SIG(sig.get(), &out) != size) openssl_failed("i2d_ECDSA_SIG");
+  return der;
 }
 
 }  // namespace m2mvault::hsm

@@ -1,5 +1,6 @@
 // DER SubjectPublicKeyInfo from public key parameters, built with OpenSSL:
-// what both backends report as a signing key's public half.
+// what both backends report as a signing key's public half; and the DER
+// form of the ECDSA signatures both backends' tokens return as (r, s).
 #pragma once
 
 #include <openssl/params.h>
@@ -20,5 +21,8 @@ Bytes spki_from_params(const char* key_type, const OSSL_PARAM* params, const cha
 // (0x04 || X || Y, 65 bytes). Throws Error(internal) when it is no point
 // of the curve.
 Bytes p256_spki(std::span<const std::uint8_t> point);
+
+// An ECDSA signature given as big-endian r and s, as DER ECDSA-Sig-Value.
+Bytes ecdsa_der(std::span<const std::uint8_t> r, std::span<const std::uint8_t> s);
 
 }  // namespace m2mvault::hsm

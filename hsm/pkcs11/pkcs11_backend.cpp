@@ -1,5 +1,6 @@
-// The SecureElement on a PKCS#11 token: wrapped secrets and HMACs through
-// the PKCS#11 API, signing keys through libp11.
+// The SecureElement on a PKCS#11 token: wrapped secrets, HMACs and the
+// vault's own ECDSA keys through the PKCS#11 API; RSA and adopted keys
+// through libp11.
 #include "hsm/pkcs11/pkcs11_backend.h"
 
 #include <openssl/crypto.h>
@@ -16,6 +17,7 @@
 #include "hsm/pkcs11/libp11_keys.h"
 #include "hsm/pkcs11/openssl_ptr.h"
 #include "hsm/pkcs11/public_key.h"
+#include "hsm/pkcs11/signing_objects.h"
 #include "hsm/pkcs11/token.h"
 #include "hsm/pkcs11/token_objects.h"
 #include "hsm/pkcs11/unwrap_cache.h"
@@ -64,7 +66,10 @@ class Pkcs11Backend final : public SecureElement {
                                            SecureBuffer::copy_of(token_->pin().span()));
   }
 
-  ~Pkcs11Backend() override { cache_.clear(); }
+  ~Pkcs11Backend() override {
+    signing_.clear();
+    cache_.clear();
+  }
 
   BackendInfo info() const override {
     return BackendInfo{"pkcs11", config_.module.string(), token_->label(), token_->model()};
@@ -167,6 +172,7 @@ class Pkcs11Backend final : public SecureElement {
   void destroy_token_object(std::span<const std::uint8_t> object_id) override {
     check_object_id(object_id);
     signer_->forget(object_id);
+    signing_.forget(object_id);
     {
       std::lock_guard lock(handles_mutex_);
       secret_handles_.erase(Bytes(object_id.begin(), object_id.end()));
@@ -213,6 +219,11 @@ class Pkcs11Backend final : public SecureElement {
 
   Bytes sign_digest(const TokenKeyRef& key, SignatureScheme scheme,
                     std::span<const std::uint8_t> digest) override {
+    // The vault's own keys carry no token label (adopted ones always do).
+    if (scheme == SignatureScheme::ecdsa && key.token_label.empty() && key.object_label.empty()) {
+      check_object_id(key.object_id);
+      return signing_.sign_ecdsa(key.object_id, digest);
+    }
     const auto pkey = signer_->private_key(key);
     return sign_digest_with(pkey.get(), scheme, digest);
   }
@@ -331,13 +342,13 @@ class Pkcs11Backend final : public SecureElement {
   }
 
   // The session object holding `blob`'s secret, from the cache or unwrapped now.
-  std::shared_ptr<const UnwrappedKey> unwrapped(const SessionPool::Lease& session,
+  std::shared_ptr<const SessionObject> unwrapped(const SessionPool::Lease& session,
                                                 std::span<const std::uint8_t> blob) {
     const ParsedBlob parsed = parse_blob(blob);
     const auto digest = UnwrapCache::digest_of(blob);
     if (auto cached = cache_.find(digest)) return cached;
     const CK_OBJECT_HANDLE handle = unwrap_blob(fn(), session.handle(), kek_, parsed);
-    return cache_.insert(digest, std::make_shared<const UnwrappedKey>(token_->housekeeping(),
+    return cache_.insert(digest, std::make_shared<const SessionObject>(token_->housekeeping(),
                                                                       handle, parsed.length));
   }
 
@@ -348,6 +359,7 @@ class Pkcs11Backend final : public SecureElement {
   std::mutex checkpoint_mutex_;
   AuditEpochs epochs_{[this](std::span<const std::uint8_t> data) { return audit_mac(data); }};
   UnwrapCache cache_;  // after token_: its objects go before the sessions close
+  SigningObjects signing_{*token_};  // likewise
   std::unique_ptr<Libp11Keys> signer_;
   std::mutex handles_mutex_;
   std::map<Bytes, CK_OBJECT_HANDLE> secret_handles_;

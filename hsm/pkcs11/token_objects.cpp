@@ -19,7 +19,9 @@ void check_object_id(std::span<const std::uint8_t> object_id) {
 std::vector<CK_OBJECT_HANDLE> find_vault_objects(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session,
                                                  std::span<const std::uint8_t> object_id,
                                                  CK_OBJECT_CLASS object_class) {
-  std::vector<CK_ATTRIBUTE> templ{attr_bytes(CKA_ID, object_id), attr_string(CKA_LABEL, kKeyLabel)};
+  CK_BBOOL yes = CK_TRUE;
+  std::vector<CK_ATTRIBUTE> templ{attr_bytes(CKA_ID, object_id), attr_string(CKA_LABEL, kKeyLabel),
+                                  attr(CKA_TOKEN, yes)};
   if (object_class != CK_UNAVAILABLE_INFORMATION) templ.push_back(attr(CKA_CLASS, object_class));
   return find_objects(fn, session, templ);
 }
@@ -38,7 +40,8 @@ std::vector<CK_OBJECT_HANDLE> find_referenced_objects(CK_FUNCTION_LIST* fn,
 }
 
 std::vector<Bytes> list_vault_ids(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session) {
-  std::array templ{attr_string(CKA_LABEL, kKeyLabel)};
+  CK_BBOOL yes = CK_TRUE;
+  std::array templ{attr_string(CKA_LABEL, kKeyLabel), attr(CKA_TOKEN, yes)};
   std::vector<Bytes> ids;
   for (CK_OBJECT_HANDLE object : find_objects(fn, session, templ)) {
     Bytes id = get_bytes_attribute(fn, session, object, CKA_ID);

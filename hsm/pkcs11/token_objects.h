@@ -14,7 +14,7 @@ namespace m2mvault::hsm::pkcs11 {
 // Throws Error(invalid_argument) unless `object_id` is 1..64 bytes.
 void check_object_id(std::span<const std::uint8_t> object_id);
 
-// The vault's objects with this CKA_ID; of class `object_class` unless it is
+// The vault's token objects (not their session copies) with this CKA_ID; of class `object_class` unless it is
 // CK_UNAVAILABLE_INFORMATION (all classes).
 std::vector<CK_OBJECT_HANDLE> find_vault_objects(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session,
                                                  std::span<const std::uint8_t> object_id,
@@ -27,7 +27,7 @@ std::vector<CK_OBJECT_HANDLE> find_referenced_objects(CK_FUNCTION_LIST* fn,
                                                       const TokenKeyRef& ref,
                                                       CK_OBJECT_CLASS object_class);
 
-// Distinct CKA_IDs of every object labelled kKeyLabel.
+// Distinct CKA_IDs of every token object labelled kKeyLabel.
 std::vector<Bytes> list_vault_ids(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session);
 
 // A persistent, private, sensitive, non-extractable HMAC secret (Ke).

@@ -6,7 +6,7 @@
 
 namespace m2mvault::hsm::pkcs11 {
 
-UnwrappedKey::~UnwrappedKey() {
+SessionObject::~SessionObject() {
   auto session = housekeeping_.borrow();
   housekeeping_.fn()->C_DestroyObject(session.handle(), handle_);
 }
@@ -17,7 +17,7 @@ UnwrapCache::Digest UnwrapCache::digest_of(std::span<const std::uint8_t> blob) {
   return digest;
 }
 
-std::shared_ptr<const UnwrappedKey> UnwrapCache::find(const Digest& digest) {
+std::shared_ptr<const SessionObject> UnwrapCache::find(const Digest& digest) {
   std::lock_guard lock(mutex_);
   auto found = entries_.find(digest);
   if (found == entries_.end()) return nullptr;
@@ -25,13 +25,13 @@ std::shared_ptr<const UnwrappedKey> UnwrapCache::find(const Digest& digest) {
   return found->second.key;
 }
 
-std::shared_ptr<const UnwrappedKey> UnwrapCache::insert(const Digest& digest,
-                                                        std::shared_ptr<const UnwrappedKey> key) {
+std::shared_ptr<const SessionObject> UnwrapCache::insert(const Digest& digest,
+                                                        std::shared_ptr<const SessionObject> key) {
   if (capacity_ == 0) return key;
   // Evicted keys are released after the lock, so their destruction (a token
   // call) never runs under it.
-  std::vector<std::shared_ptr<const UnwrappedKey>> evicted;
-  std::shared_ptr<const UnwrappedKey> result;
+  std::vector<std::shared_ptr<const SessionObject>> evicted;
+  std::shared_ptr<const SessionObject> result;
   {
     std::lock_guard lock(mutex_);
     if (auto found = entries_.find(digest); found != entries_.end()) {

@@ -16,15 +16,17 @@
 
 namespace m2mvault::hsm::pkcs11 {
 
-// A session object holding an unwrapped secret; destroyed (through the
-// housekeeping session) when the last user and the cache let go of it.
-class UnwrappedKey {
+// A session object the backend made (an unwrapped secret, or the session copy
+// of a signing key); destroyed through the housekeeping session when the
+// last user and its cache let go of it. `length` is the secret's length, 0
+// for a key without one.
+class SessionObject {
  public:
-  UnwrappedKey(SessionPool& housekeeping, CK_OBJECT_HANDLE handle, std::size_t length)
+  SessionObject(SessionPool& housekeeping, CK_OBJECT_HANDLE handle, std::size_t length)
       : housekeeping_(housekeeping), handle_(handle), length_(length) {}
-  UnwrappedKey(const UnwrappedKey&) = delete;
-  UnwrappedKey& operator=(const UnwrappedKey&) = delete;
-  ~UnwrappedKey();
+  SessionObject(const SessionObject&) = delete;
+  SessionObject& operator=(const SessionObject&) = delete;
+  ~SessionObject();
 
   CK_OBJECT_HANDLE handle() const noexcept { return handle_; }
   std::size_t length() const noexcept { return length_; }
@@ -44,17 +46,17 @@ class UnwrapCache {
   static Digest digest_of(std::span<const std::uint8_t> blob);
 
   // The cached key for `digest` (now the most recently used), or null.
-  std::shared_ptr<const UnwrappedKey> find(const Digest& digest);
+  std::shared_ptr<const SessionObject> find(const Digest& digest);
   // Caches `key`, evicting the least recently used entry beyond capacity.
   // When another thread cached the same blob first, its key is kept and returned.
-  std::shared_ptr<const UnwrappedKey> insert(const Digest& digest,
-                                             std::shared_ptr<const UnwrappedKey> key);
+  std::shared_ptr<const SessionObject> insert(const Digest& digest,
+                                             std::shared_ptr<const SessionObject> key);
   // Drops every entry (their objects go when their last user lets go).
   void clear();
 
  private:
   struct Entry {
-    std::shared_ptr<const UnwrappedKey> key;
+    std::shared_ptr<const SessionObject> key;
     std::list<Digest>::iterator position;
   };
 

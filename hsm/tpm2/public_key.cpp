@@ -1,24 +1,13 @@
 #include "hsm/tpm2/public_key.h"
 
-#include <openssl/ecdsa.h>
-#include <openssl/x509.h>
-
 #include <algorithm>
 
-#include "hsm/pkcs11/openssl_ptr.h"
 #include "hsm/spki.h"
 
 namespace m2mvault::hsm::tpm2 {
 namespace {
 
-using pkcs11::BignumPtr;
-using EcdsaSigPtr = std::unique_ptr<ECDSA_SIG, pkcs11::OpenSslDeleter<ECDSA_SIG_free>>;
-
 constexpr std::size_t kP256Bytes = 32;
-
-[[noreturn]] void openssl_failed(const char* what) {
-  throw Error(Failure::internal, std::string(what) + " failed");
-}
 
 // A coordinate, left-padded with zeros to the field size (a TPM may strip them).
 void append_coordinate(Bytes& out, const TPM2B_ECC_PARAMETER& coordinate) {
@@ -43,19 +32,8 @@ Bytes ecc_spki(const TPMT_PUBLIC& area) {
 }
 
 Bytes ecdsa_der(const TPMS_SIGNATURE_ECC& signature) {
-  BignumPtr r(BN_bin2bn(signature.signatureR.buffer, signature.signatureR.size, nullptr));
-  BignumPtr s(BN_bin2bn(signature.signatureS.buffer, signature.signatureS.size, nullptr));
-  EcdsaSigPtr sig(ECDSA_SIG_new());
-  if (!r || !s || !sig) openssl_failed("BN_bin2bn");
-  if (ECDSA_SIG_set0(sig.get(), r.get(), s.get()) != 1) openssl_failed("ECDSA_SIG_set0");
-  (void)r.release();  // owned by sig now
-  (void)s.release();
-  const int size = i2d_ECDSA_SIG(sig.get(), nullptr);
-  if (size <= 0) openssl_failed("i2d_ECDSA_SIG");
-  Bytes der(static_cast<std::size_t>(size));
-  unsigned char* out = der.data();
-  if (i2d_ECDSA_SIG(sig.get(), &out) != size) openssl_failed("i2d_ECDSA_SIG");
-  return der;
+  return hsm::ecdsa_der({signature.signatureR.buffer, signature.signatureR.size},
+                        {signature.signatureS.buffer, signature.signatureS.size});
 }
 
 }  // namespace m2mvault::hsm::tpm2

@@ -1,9 +1,13 @@
-// Token objects: signing keys through libp11, Ke, reconciliation helpers,
-// adopted keys, and the non-exportability the design promises.
+// Token objects: signing keys (the vault's ECDSA keys through session
+// copies, the rest through libp11), Ke, reconciliation helpers, adopted keys,
+// and the non-exportability the design promises.
 #include <gtest/gtest.h>
 #include <openssl/ec.h>
 
 #include <algorithm>
+#include <thread>
+
+#include "hsm/pkcs11/signing_objects.h"
 
 #include "hsm/pkcs11/pkcs11_backend.h"
 #include "tests/hsm/hsm_environment.h"
@@ -56,7 +60,93 @@ TEST(SigningKey, Rsa2048SignsPkcs1AndPssThatOpenSslVerifies) {
   const TokenKeyRef ref{"", id, ""};
   expect_signs_and_verifies(ref, spki, SignatureScheme::rsa_pkcs1);
   expect_signs_and_verifies(ref, spki, SignatureScheme::rsa_pss);
+  try {
+    backend().sign_digest(ref, SignatureScheme::ecdsa, sha256(Bytes{1}));
+    FAIL() << "an RSA key made an ECDSA signature";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.failure(), Failure::invalid_argument) << error.what();
+  }
   backend().destroy_token_object(id);
+}
+
+// The vault's private keys with this CKA_ID, as any caller with the PIN finds
+// them, and whether each is a token object.
+std::vector<std::pair<CK_OBJECT_HANDLE, bool>> private_keys_with_id(RawSession& raw,
+                                                                    const Bytes& id) {
+  CK_OBJECT_CLASS private_class = CKO_PRIVATE_KEY;
+  std::vector<std::pair<CK_OBJECT_HANDLE, bool>> keys;
+  for (CK_OBJECT_HANDLE object : raw.find({{CKA_CLASS, &private_class, sizeof private_class},
+                                           {CKA_ID, const_cast<std::uint8_t*>(id.data()),
+                                            id.size()}})) {
+    CK_BBOOL on_token = CK_FALSE;
+    CK_ATTRIBUTE query{CKA_TOKEN, &on_token, sizeof on_token};
+    EXPECT_EQ(raw.fn()->C_GetAttributeValue(raw.handle(), object, &query, 1), CKR_OK);
+    keys.emplace_back(object, on_token == CK_TRUE);
+  }
+  std::sort(keys.begin(), keys.end(),
+            [](const auto& a, const auto& b) { return a.second > b.second; });  // token first
+  return keys;
+}
+
+TEST(SigningKey, EcdsaSessionCopyIsAsProtectedAsItsTokenObjectAndGoesWithIt) {
+  const Bytes id = backend().new_object_id();
+  const Bytes spki = backend().generate_signing_key(id, SigningAlgorithm::ec_p256).public_key;
+  const TokenKeyRef ref{"", id, ""};
+  RawSession raw(setup().config.module, pkcs11::kDefaultTokenLabel, setup().user_pin);
+  ASSERT_TRUE(raw.login_rv() == CKR_OK || raw.login_rv() == CKR_USER_ALREADY_LOGGED_IN);
+  ASSERT_EQ(private_keys_with_id(raw, id).size(), 1u);  // no copy before the first signature
+
+  expect_signs_and_verifies(ref, spki, SignatureScheme::ecdsa);
+  const auto keys = private_keys_with_id(raw, id);
+  ASSERT_EQ(keys.size(), 2u);
+  EXPECT_TRUE(keys[0].second);
+  EXPECT_FALSE(keys[1].second);  // the session copy
+  const CK_OBJECT_HANDLE wrapping_key = raw.make_wrapping_key();
+  for (const auto& [object, on_token] : keys) {
+    EXPECT_EQ(raw.read_value_rv(object), CKR_ATTRIBUTE_SENSITIVE) << "token object: " << on_token;
+    EXPECT_NE(raw.wrap_rv(wrapping_key, object), CKR_OK) << "token object: " << on_token;
+  }
+  raw.fn()->C_DestroyObject(raw.handle(), wrapping_key);
+
+  // Still one copy after more signatures.
+  expect_signs_and_verifies(ref, spki, SignatureScheme::ecdsa);
+  EXPECT_EQ(private_keys_with_id(raw, id).size(), 2u);
+  const auto listed = backend().list_vault_objects();
+  EXPECT_EQ(std::count(listed.begin(), listed.end(), id), 1);
+
+  backend().destroy_token_object(id);
+  EXPECT_TRUE(private_keys_with_id(raw, id).empty());
+  EXPECT_FALSE(backend().token_object_exists(id));
+  try {
+    backend().sign_digest(ref, SignatureScheme::ecdsa, sha256(Bytes{1}));
+    FAIL() << "a destroyed key signed";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.failure(), Failure::not_found) << error.what();
+  }
+}
+
+TEST(SigningKey, KeyDestroyedOutsideTheVaultStopsSigningWithinTheRecheckInterval) {
+  const Bytes id = backend().new_object_id();
+  const Bytes spki = backend().generate_signing_key(id, SigningAlgorithm::ec_p256).public_key;
+  const TokenKeyRef ref{"", id, ""};
+  expect_signs_and_verifies(ref, spki, SignatureScheme::ecdsa);
+
+  RawSession raw(setup().config.module, pkcs11::kDefaultTokenLabel, setup().user_pin);
+  ASSERT_TRUE(raw.login_rv() == CKR_OK || raw.login_rv() == CKR_USER_ALREADY_LOGGED_IN);
+  auto keys = private_keys_with_id(raw, id);
+  ASSERT_EQ(keys.size(), 2u);
+  ASSERT_TRUE(keys[0].second);
+  ASSERT_EQ(raw.fn()->C_DestroyObject(raw.handle(), keys[0].first), CKR_OK);
+
+  std::this_thread::sleep_for(pkcs11::SigningObjects::kRecheck + std::chrono::milliseconds(200));
+  try {
+    backend().sign_digest(ref, SignatureScheme::ecdsa, sha256(Bytes{1}));
+    FAIL() << "a key destroyed in the token signed after the recheck interval";
+  } catch (const Error& error) {
+    EXPECT_EQ(error.failure(), Failure::not_found) << error.what();
+  }
+  EXPECT_TRUE(private_keys_with_id(raw, id).empty());  // the copy went too
+  backend().destroy_token_object(id);                  // the public half
 }
 
 TEST(SigningKey, UnknownKeyIsNotFound) {
