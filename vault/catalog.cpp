@@ -14,6 +14,7 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "api/error.h"
 #include "vault/identifiers.h"
@@ -424,14 +425,30 @@ class SqliteCatalog final : public Catalog {
     } catch (const Error&) {
       return std::nullopt;  // not a valid name, so no key has it
     }
-    Lease reader(*this);
-    sqlite3_stmt* s = reader->find.get();
-    ResetOnExit reset(s);
-    bind_text(s, 1, canonical);
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) return read_record(s);
-    if (rc != SQLITE_DONE) fail(reader->db.get(), "find");
-    return std::nullopt;
+    // Loaded before the read, so an entry never claims a newer generation
+    // than the data it holds.
+    const std::uint64_t generation = generation_.load(std::memory_order_acquire);
+    {
+      std::lock_guard lock(found_mutex_);
+      if (found_generation_ == generation) {
+        if (auto it = found_.find(canonical); it != found_.end()) return it->second;
+      }
+    }
+    std::optional<KeyRecord> record;
+    {
+      Lease reader(*this);
+      sqlite3_stmt* s = reader->find.get();
+      ResetOnExit reset(s);
+      bind_text(s, 1, canonical);
+      int rc = sqlite3_step(s);
+      if (rc == SQLITE_ROW) {
+        record = read_record(s);
+      } else if (rc != SQLITE_DONE) {
+        fail(reader->db.get(), "find");
+      }
+    }
+    if (record) remember(canonical, *record, generation);
+    return record;
   }
 
   std::vector<KeyRecord> list(std::optional<KeyKind> kind) override {
@@ -636,6 +653,9 @@ class SqliteCatalog final : public Catalog {
         group_error = std::current_exception();
         sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
       }
+      // Before any writer hears that its write is done: whoever acts on
+      // that (a revocation answered, say) finds no lookup from before it.
+      generation_.fetch_add(1, std::memory_order_acq_rel);
       for (std::size_t i = 0; i < batch.size(); ++i) {
         if (group_error) {
           batch[i].done.set_exception(group_error);
@@ -646,6 +666,19 @@ class SqliteCatalog final : public Catalog {
         }
       }
     }
+  }
+
+  // Keeps a looked-up record for the next find() of the same name, while no
+  // write has been committed since `generation` was read.
+  void remember(const std::string& canonical, const KeyRecord& record, std::uint64_t generation) {
+    std::lock_guard lock(found_mutex_);
+    if (generation < found_generation_) return;  // a write came after this read began
+    if (generation > found_generation_) {
+      found_.clear();
+      found_generation_ = generation;
+    }
+    if (found_.size() >= kFoundCapacity) found_.clear();
+    found_.insert_or_assign(canonical, record);
   }
 
   // A read connection for the length of one call; back to the pool after it.
@@ -709,6 +742,14 @@ class SqliteCatalog final : public Catalog {
   std::deque<WriteOp> queue_;
   bool stopping_ = false;
   std::atomic<std::uint64_t> commits_{0};
+  // find()'s records, valid only while no write group has ended since they
+  // were read: the writer bumps generation_ after every group (see
+  // write_loop()). All writes go through that one thread.
+  static constexpr std::size_t kFoundCapacity = 4096;
+  std::atomic<std::uint64_t> generation_{0};
+  std::mutex found_mutex_;
+  std::uint64_t found_generation_ = 0;
+  std::unordered_map<std::string, KeyRecord> found_;
   std::mutex readers_mutex_;
   std::vector<std::unique_ptr<Reader>> readers_;
 };

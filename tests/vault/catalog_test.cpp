@@ -723,6 +723,85 @@ TEST_F(CatalogTest, UsesAreCountedUpToTheLimitAndSurviveReopening) {
   EXPECT_EQ(catalog->find("AE1-Lock@in.provider.com")->uses, 2);
 }
 
+// find() keeps what it read until the next write: each kind of write must
+// show in the find() after it, with a find() before it to fill the cache.
+TEST_F(CatalogTest, EveryKindOfWriteShowsInTheNextFind) {
+  auto catalog = Catalog::open(path_);
+  KeyRecord limited = kpsa("AE1-Lock@in.provider.com");
+  limited.name = "lock";
+  limited.max_uses = 5;
+  const std::int64_t row = catalog->insert(limited).row;
+  ASSERT_EQ(catalog->find("lock")->uses, 0);
+
+  ASSERT_EQ(catalog->consume_use(row), 1);
+  EXPECT_EQ(catalog->find("lock")->uses, 1);
+
+  catalog->set_certificate(row, "chain");
+  EXPECT_EQ(catalog->find("lock")->certificate, "chain");
+
+  ASSERT_TRUE(catalog->find("AE1-Lock@in.provider.com"));
+  catalog->set_identifier(row, KeyKind::kpsa, "AE2-Lock@in.provider.com");
+  EXPECT_FALSE(catalog->find("AE1-Lock@in.provider.com"));
+  EXPECT_EQ(catalog->find("AE2-Lock@in.provider.com")->row, row);
+  EXPECT_EQ(catalog->find("lock")->identifier, "AE2-Lock@in.provider.com");
+
+  // A write to another key ends what was kept too (nothing tracks which rows
+  // a write touched), and the kept key reads back unchanged.
+  catalog->insert(kpsa("AE3-Lock@in.provider.com"));
+  EXPECT_EQ(catalog->find("lock")->uses, 1);
+
+  catalog->remove(row);
+  EXPECT_FALSE(catalog->find("lock"));
+  EXPECT_FALSE(catalog->find("AE2-Lock@in.provider.com"));
+
+  // A pending key is not found, and found once activated.
+  KeyRecord signing;
+  signing.name = "mn-cse";
+  signing.kind = KeyKind::signing;
+  signing.storage = Storage::token;
+  signing.object_id = {1, 2};
+  const std::int64_t pending = catalog->insert_pending(signing).row;
+  EXPECT_FALSE(catalog->find("mn-cse"));
+  catalog->activate(pending, {4, 5});
+  ASSERT_TRUE(catalog->find("mn-cse"));
+  EXPECT_EQ(catalog->find("mn-cse")->public_key, (std::vector<std::uint8_t>{4, 5}));
+}
+
+// The property a revocation relies on: once remove() has returned, no find()
+// that starts afterwards returns the key, however many readers race it.
+TEST_F(CatalogTest, NoFindThatStartsAfterARemoveReturnedSeesTheKey) {
+  auto catalog = Catalog::open(path_);
+  constexpr int kRounds = 200;
+  std::atomic<int> removed_round{-1};  // the last round whose remove() returned
+  std::atomic<bool> stop{false};
+  std::atomic<int> stale{0};
+  std::atomic<long> finds{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t) {
+    readers.emplace_back([&] {
+      while (!stop.load()) {
+        const int before = removed_round.load();
+        if (before < 0) continue;
+        const auto found = catalog->find("key-" + std::to_string(before));
+        finds.fetch_add(1);
+        if (found) stale.fetch_add(1);
+      }
+    });
+  }
+  for (int round = 0; round < kRounds; ++round) {
+    KeyRecord r = kpsa("AE" + std::to_string(round) + "-Lock@in.provider.com");
+    r.name = "key-" + std::to_string(round);
+    const std::int64_t row = catalog->insert(r).row;
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(catalog->find(r.name));  // in the cache now
+    catalog->remove(row);
+    removed_round.store(round);
+  }
+  stop.store(true);
+  for (auto& reader : readers) reader.join();
+  EXPECT_EQ(stale.load(), 0);
+  EXPECT_GT(finds.load(), kRounds);  // the readers did race the writer
+}
+
 TEST_F(CatalogTest, ABatchGoesInWholeOrNotAtAll) {
   auto catalog = Catalog::open(path_);
   catalog->insert(kpsa("AE1-Lock@in.provider.com"));
