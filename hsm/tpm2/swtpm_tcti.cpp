@@ -6,12 +6,14 @@
 #include <openssl/crypto.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <climits>
+#include <cstddef>
 #include <cstring>
 #include <system_error>
 
@@ -79,6 +81,7 @@ SwtpmAddress parse_swtpm_tcti(std::string_view tcti) {
   std::string_view rest = tcti.substr(std::min(tcti.size(), kPrefix.size() + 1));
   bool have_host = false;
   bool have_port = false;
+  bool have_path = false;
   while (!rest.empty()) {
     const std::size_t comma = rest.find(',');
     const std::string_view option = rest.substr(0, comma);
@@ -86,7 +89,7 @@ SwtpmAddress parse_swtpm_tcti(std::string_view tcti) {
     if (option.empty()) continue;  // "port=N," as tpm2-tss takes it
     const std::size_t equals = option.find('=');
     if (equals == std::string_view::npos) {
-      bad_config(tcti, "\"" + std::string(option) + "\" is not key=value (host=H,port=N)");
+      bad_config(tcti, "\"" + std::string(option) + "\" is not key=value (host=H,port=N or path=P)");
     }
     const std::string_view key = option.substr(0, equals);
     const std::string_view value = option.substr(equals + 1);
@@ -99,15 +102,61 @@ SwtpmAddress parse_swtpm_tcti(std::string_view tcti) {
       if (have_port) bad_config(tcti, "port is given twice");
       address.port = parse_port(tcti, value);
       have_port = true;
+    } else if (key == "path") {
+      if (have_path) bad_config(tcti, "path is given twice");
+      if (value.empty()) bad_config(tcti, "path is empty");
+      if (value.size() >= sizeof(sockaddr_un::sun_path)) {
+        bad_config(tcti, "path is longer than a Unix socket address holds (" +
+                             std::to_string(sizeof(sockaddr_un::sun_path) - 1) + " bytes)");
+      }
+      address.path = value;
+      have_path = true;
     } else {
-      bad_config(tcti, "unknown key \"" + std::string(key) + "\" (swtpm takes host and port)");
+      bad_config(tcti, "unknown key \"" + std::string(key) +
+                           "\" (swtpm takes host and port, or path)");
     }
+  }
+  if (have_path && (have_host || have_port)) {
+    bad_config(tcti, "path names a Unix socket: host and port do not go with it");
   }
   return address;
 }
 
 SwtpmTcti::SwtpmTcti(std::string_view tcti) {
   const SwtpmAddress address = parse_swtpm_tcti(tcti);
+  if (address.path.empty()) {
+    resolve(address);
+  } else {
+    peer_ = address.path;
+    sockaddr_un unix_address{};
+    unix_address.sun_family = AF_UNIX;
+    std::memcpy(unix_address.sun_path, address.path.data(), address.path.size());
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(&unix_address);
+    const std::size_t length = offsetof(sockaddr_un, sun_path) + address.path.size() + 1;
+    addresses_.push_back({AF_UNIX, 0, std::vector<std::uint8_t>(bytes, bytes + length)});
+  }
+
+  int error = 0;
+  if (!connect_socket(error)) {
+    throw TpmError(Failure::unavailable,
+                   "cannot connect to swtpm at " + peer_ + ": " + errno_text(error),
+                   TSS2_TCTI_RC_NO_CONNECTION);
+  }
+
+  TSS2_TCTI_CONTEXT_COMMON_V1& common = context_.common.v1;
+  common.magic = kMagic;
+  common.version = 2;
+  common.transmit = &SwtpmTcti::transmit;
+  common.receive = &SwtpmTcti::receive;
+  common.finalize = &SwtpmTcti::finalize;
+  common.cancel = &SwtpmTcti::cancel;
+  common.getPollHandles = &SwtpmTcti::get_poll_handles;
+  common.setLocality = &SwtpmTcti::set_locality;
+  context_.common.makeSticky = &SwtpmTcti::make_sticky;
+  context_.self = this;
+}
+
+void SwtpmTcti::resolve(const SwtpmAddress& address) {
   const std::string port = std::to_string(address.port);
   peer_ = address.host.find(':') == std::string::npos ? address.host + ":" + port
                                                       : "[" + address.host + "]:" + port;
@@ -130,25 +179,6 @@ SwtpmTcti::SwtpmTcti(std::string_view tcti) {
                           std::vector<std::uint8_t>(bytes, bytes + entry->ai_addrlen)});
   }
   freeaddrinfo(found);
-
-  int error = 0;
-  if (!connect_socket(error)) {
-    throw TpmError(Failure::unavailable,
-                   "cannot connect to swtpm at " + peer_ + ": " + errno_text(error),
-                   TSS2_TCTI_RC_NO_CONNECTION);
-  }
-
-  TSS2_TCTI_CONTEXT_COMMON_V1& common = context_.common.v1;
-  common.magic = kMagic;
-  common.version = 2;
-  common.transmit = &SwtpmTcti::transmit;
-  common.receive = &SwtpmTcti::receive;
-  common.finalize = &SwtpmTcti::finalize;
-  common.cancel = &SwtpmTcti::cancel;
-  common.getPollHandles = &SwtpmTcti::get_poll_handles;
-  common.setLocality = &SwtpmTcti::set_locality;
-  context_.common.makeSticky = &SwtpmTcti::make_sticky;
-  context_.self = this;
 }
 
 SwtpmTcti::~SwtpmTcti() {
@@ -298,9 +328,11 @@ bool SwtpmTcti::connect_socket(int& error) noexcept {
       ::close(fd);
       continue;
     }
-    // A command is one small write, and the TPM waits for all of it.
-    const int on = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    if (address.family != AF_UNIX) {
+      // A command is one small write, and the TPM waits for all of it.
+      const int on = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    }
     socket_ = fd;
     ++connects_;
     return true;

@@ -1,6 +1,6 @@
-// The vault's TCTI for swtpm's TCP command channel: one persistent TCP
-// connection for every command, where tpm2-tss's `swtpm` TCTI opens (and
-// resolves the host for) a new one per command. docs/TPM2.md, "The swtpm
+// The vault's TCTI for swtpm's command channel, TCP or a Unix socket: one
+// persistent connection for every command, where tpm2-tss's `swtpm` TCTI
+// opens (and resolves the host for) a new one per command. docs/TPM2.md, "The swtpm
 // transport", has the numbers and the reconnect rules.
 //
 // It implements the public TCTI interface (tss2_tcti.h, TCTI version 2), so
@@ -27,10 +27,12 @@ bool is_swtpm_tcti(std::string_view tcti);
 struct SwtpmAddress {
   std::string host = "localhost";  // tpm2-tss's defaults
   std::uint16_t port = 2321;
+  std::string path;  // when set, a Unix socket instead (swtpm --server type=unixio)
 };
 
-// The address in "swtpm", "swtpm:", "swtpm:port=N" or "swtpm:host=H,port=N"
-// (keys in any order, each at most once). Throws TpmError(unavailable,
+// The address in "swtpm", "swtpm:", "swtpm:port=N", "swtpm:host=H,port=N"
+// (keys in any order, each at most once) or "swtpm:path=P", as tpm2-tss
+// spells them. Throws TpmError(unavailable,
 // TSS2_TCTI_RC_BAD_VALUE) naming the configuration and what is wrong with it.
 SwtpmAddress parse_swtpm_tcti(std::string_view tcti);
 
@@ -38,7 +40,7 @@ class SwtpmTcti {
  public:
   // Parses `tcti`, resolves the host (once: never again per command) and
   // connects. Throws TpmError(unavailable) for a bad configuration, a host
-  // that does not resolve, or nothing accepting at host:port.
+  // that does not resolve, or nothing accepting at host:port or the path.
   explicit SwtpmTcti(std::string_view tcti);
   SwtpmTcti(const SwtpmTcti&) = delete;
   SwtpmTcti& operator=(const SwtpmTcti&) = delete;
@@ -49,11 +51,12 @@ class SwtpmTcti {
   // the connection; the memory stays this object's.
   TSS2_TCTI_CONTEXT* context() noexcept;
 
-  // TCP connections opened so far: 1 after construction, one more after each
+  // Connections opened so far: 1 after construction, one more after each
   // reconnect. For tests and Tpm2::Stats.
   std::uint64_t connects() const noexcept { return connects_; }
 
-  // "host:port" ("[host]:port" for an IPv6 literal), as errors name it.
+  // "host:port" ("[host]:port" for an IPv6 literal) or the socket's path,
+  // as errors name it.
   const std::string& peer() const noexcept { return peer_; }
 
  private:
@@ -65,10 +68,12 @@ class SwtpmTcti {
   struct ResolvedAddress {
     int family = 0;
     int protocol = 0;
-    std::vector<std::uint8_t> sockaddr;  // sockaddr_in or sockaddr_in6
+    std::vector<std::uint8_t> sockaddr;  // sockaddr_in, sockaddr_in6 or sockaddr_un
   };
   enum class State { transmit, receive, finalized };
 
+  // Fills addresses_ with what the host resolves to (and names peer_).
+  void resolve(const SwtpmAddress& address);
   static SwtpmTcti* from(TSS2_TCTI_CONTEXT* context) noexcept;
   static TSS2_RC transmit(TSS2_TCTI_CONTEXT* context, size_t size, const uint8_t* command);
   static TSS2_RC receive(TSS2_TCTI_CONTEXT* context, size_t* size, uint8_t* response,

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -55,6 +56,22 @@ bool accepts(int port) {
   return ok;
 }
 
+bool accepts(const std::filesystem::path& path) {
+  const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  const std::string text = path.string();
+  if (text.size() >= sizeof address.sun_path) {
+    close(fd);
+    return false;
+  }
+  text.copy(address.sun_path, text.size());
+  const bool ok = connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0;
+  close(fd);
+  return ok;
+}
+
 }  // namespace
 
 int run_command(const std::string& command) {
@@ -62,10 +79,15 @@ int run_command(const std::string& command) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-Swtpm::Swtpm() {
+Swtpm::Swtpm(Transport transport) : transport_(transport) {
   std::string pattern = (std::filesystem::temp_directory_path() / "m2mvault-swtpm-XXXXXX").string();
   if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
   state_dir_ = pattern;
+  if (transport_ == Transport::unix_socket) {
+    if (try_start()) return;
+    std::filesystem::remove_all(state_dir_);
+    throw std::runtime_error("cannot start swtpm on Unix sockets in " + pattern);
+  }
   // Even ports below the ephemeral range: tpm2-tss's swtpm TCTI (the raw
   // ESAPI clients here, shared_config()) still opens a connection per
   // command, and the ephemeral ports those leave in TIME_WAIT cannot be
@@ -86,8 +108,13 @@ Swtpm::~Swtpm() {
   std::filesystem::remove_all(state_dir_, ignored);
 }
 
+std::string Swtpm::address() const {
+  if (transport_ == Transport::unix_socket) return "path=" + (state_dir_ / "server.sock").string();
+  return "host=127.0.0.1,port=" + std::to_string(port_);
+}
+
 std::string Swtpm::tcti() const {
-  return "swtpm:host=127.0.0.1,port=" + std::to_string(port_);
+  return "swtpm:" + address();
 }
 
 Config Swtpm::config() const {
@@ -98,14 +125,19 @@ Config Swtpm::config() const {
 
 Config Swtpm::shared_config() const {
   Config config;
-  config.tcti = "libtss2-tcti-swtpm.so.0:host=127.0.0.1,port=" + std::to_string(port_);
+  config.tcti = "libtss2-tcti-swtpm.so.0:" + address();
   return config;
 }
 
 bool Swtpm::try_start() {
   const std::string state = "dir=" + state_dir_.string();
-  const std::string server = "type=tcp,port=" + std::to_string(port_) + ",bindaddr=127.0.0.1";
-  const std::string control = "type=tcp,port=" + std::to_string(port_ + 1) + ",bindaddr=127.0.0.1";
+  const bool unix_socket = transport_ == Transport::unix_socket;
+  const std::string server =
+      unix_socket ? "type=unixio,path=" + (state_dir_ / "server.sock").string()
+                  : "type=tcp,port=" + std::to_string(port_) + ",bindaddr=127.0.0.1";
+  const std::string control =
+      unix_socket ? "type=unixio,path=" + (state_dir_ / "ctrl.sock").string()
+                  : "type=tcp,port=" + std::to_string(port_ + 1) + ",bindaddr=127.0.0.1";
   std::vector<std::string> args{"swtpm",
                                 "socket",
                                 "--tpm2",
@@ -135,15 +167,20 @@ bool Swtpm::try_start() {
       pid_ = -1;
       return false;
     }
-    if (accepts(port_ + 1)) {
-      // The control port answers once the TPM is initialized; the server
-      // port comes up at the same time.
-      if (accepts(port_)) return true;
-    }
+    if (ready()) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   stop();
   return false;
+}
+
+bool Swtpm::ready() const {
+  // The control channel answers once the TPM is initialized; the server
+  // channel comes up at the same time.
+  if (transport_ == Transport::unix_socket) {
+    return accepts(state_dir_ / "ctrl.sock") && accepts(state_dir_ / "server.sock");
+  }
+  return accepts(port_ + 1) && accepts(port_);
 }
 
 void Swtpm::stop() {
@@ -159,12 +196,14 @@ void Swtpm::start() {
     if (try_start()) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  throw std::runtime_error("cannot restart swtpm on port " + std::to_string(port_));
+  throw std::runtime_error("cannot restart swtpm at " + address());
 }
 
 void Swtpm::init_via_control_channel() {
-  const std::string command =
-      "swtpm_ioctl --tcp 127.0.0.1:" + std::to_string(port_ + 1) + " -i >/dev/null";
+  const std::string channel = transport_ == Transport::unix_socket
+                                ? "--unix " + (state_dir_ / "ctrl.sock").string()
+                                : "--tcp 127.0.0.1:" + std::to_string(port_ + 1);
+  const std::string command = "swtpm_ioctl " + channel + " -i >/dev/null";
   if (run_command(command) != 0) throw std::runtime_error("swtpm_ioctl -i failed");
 }
 

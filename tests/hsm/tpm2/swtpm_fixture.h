@@ -13,14 +13,18 @@ namespace m2mvault::hsm::tpm2::testing {
 
 class Swtpm {
  public:
-  // Starts swtpm on a free port pair with a fresh state directory.
-  Swtpm();
+  enum class Transport { tcp, unix_socket };
+
+  // Starts swtpm with a fresh state directory: on a free loopback port pair,
+  // or with its command and control channels on Unix sockets in that
+  // directory (--server type=unixio).
+  explicit Swtpm(Transport transport = Transport::tcp);
   Swtpm(const Swtpm&) = delete;
   Swtpm& operator=(const Swtpm&) = delete;
   // Kills swtpm and removes its state directory.
   ~Swtpm();
 
-  // "swtpm:host=127.0.0.1,port=P": the vault's swtpm TCTI in a Tpm2 (one
+  // "swtpm:host=127.0.0.1,port=P" (or "swtpm:path=..."): the vault's swtpm TCTI in a Tpm2 (one
   // connection, held while it lives), tpm2-tss's through Tss2_TctiLdr.
   std::string tcti() const;
   Config config() const;
@@ -29,7 +33,7 @@ class Swtpm {
   // this swtpm while the Tpm2 lives: swtpm serves one connection at a time,
   // so the vault's would hold the other client off until it closes.
   Config shared_config() const;
-  int port() const noexcept { return port_; }
+  int port() const noexcept { return port_; }  // 0 on Unix sockets
   const std::filesystem::path& state_dir() const noexcept { return state_dir_; }
 
   // Stops the process (SIGTERM, waits), keeping the state directory.
@@ -47,7 +51,11 @@ class Swtpm {
 
  private:
   bool try_start();
+  bool ready() const;
+  // "host=127.0.0.1,port=P" or "path=...": what follows a swtpm TCTI's prefix.
+  std::string address() const;
 
+  Transport transport_;
   std::filesystem::path state_dir_;
   int port_ = 0;
   pid_t pid_ = -1;

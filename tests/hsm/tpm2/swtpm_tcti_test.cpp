@@ -341,6 +341,44 @@ TEST(SwtpmTcti, Tpm2SignsAfterASwtpmRestart) {
   EXPECT_EQ(tpm.stats().tcti_connections, 3u);
 }
 
+// swtpm --server type=unixio, as "swtpm:path=...": the same connection rules.
+TEST(SwtpmTcti, Tpm2SignsOverAUnixSocketAndAfterASwtpmRestart) {
+  Swtpm swtpm(Swtpm::Transport::unix_socket);
+  ASSERT_NE(swtpm.tcti().find("swtpm:path=/"), std::string::npos) << swtpm.tcti();
+  Tpm2 tpm(swtpm.config());
+  const Tpm2::SigningKey key = tpm.generate_signing_key();
+  const Pkey public_key = parse_spki(key.public_key);
+  for (int i = 0; i < 50; ++i) {
+    const Bytes message = text_bytes("over a Unix socket " + std::to_string(i));
+    const Bytes signature =
+        tpm.sign_digest(key.blob, DigestAlgorithm::sha256, digest_of(EVP_sha256(), message));
+    ASSERT_TRUE(digest_verifies(public_key.get(), EVP_sha256(), message, signature)) << i;
+  }
+  EXPECT_EQ(tpm.stats().tcti_connections, 1u);
+
+  swtpm.restart();
+  const Bytes message = text_bytes("after the restart");
+  const Bytes signature =
+      tpm.sign_digest(key.blob, DigestAlgorithm::sha256, digest_of(EVP_sha256(), message));
+  EXPECT_TRUE(digest_verifies(public_key.get(), EVP_sha256(), message, signature));
+  EXPECT_EQ(tpm.stats().reconnects, 1u);
+
+  // tpm2-tss's own swtpm TCTI reaches the same socket (swtpm serves one
+  // connection at a time, so only once the vault's has gone).
+  const std::string path = swtpm.tcti().substr(std::string("swtpm:path=").size());
+  EXPECT_EQ(swtpm.shared_config().tcti, "libtss2-tcti-swtpm.so.0:path=" + path);
+}
+
+TEST(SwtpmTcti, NothingListeningAtAPathIsUnavailableNamingThePath) {
+  const std::string path = "/nonexistent-m2mvault-dir/swtpm.sock";
+  TSS2_RC rc = 0;
+  const std::string message = error_text_of([&] { SwtpmTcti tcti("swtpm:path=" + path); }, &rc);
+  EXPECT_NE(message.find("cannot connect to swtpm at " + path + ": No such file or directory"),
+            std::string::npos)
+      << message;
+  EXPECT_EQ(rc, TSS2_TCTI_RC_NO_CONNECTION);
+}
+
 // --- configuration and connecting ----------------------------------------------------
 
 TEST(SwtpmTcti, ParsesTheConfigurationsTpm2TssDocuments) {
@@ -365,6 +403,9 @@ TEST(SwtpmTcti, ParsesTheConfigurationsTpm2TssDocuments) {
   EXPECT_EQ(parse_swtpm_tcti("swtpm:port=7,host=::1").host, "::1");
   EXPECT_EQ(parse_swtpm_tcti("swtpm:port=2400,").port,
             2400);  // empty options skipped, as tpm2-tss does
+  const SwtpmAddress unix_socket = parse_swtpm_tcti("swtpm:path=/run/swtpm/server.sock");
+  EXPECT_EQ(unix_socket.path, "/run/swtpm/server.sock");
+  EXPECT_TRUE(parse_swtpm_tcti("swtpm:port=2400").path.empty());
 }
 
 TEST(SwtpmTcti, ABadConfigurationIsUnavailableNamingWhatIsWrong) {
@@ -377,8 +418,11 @@ TEST(SwtpmTcti, ABadConfigurationIsUnavailableNamingWhatIsWrong) {
       {"swtpm:port=23a", "not \"23a\""},
       {"swtpm:port=", "not \"\""},
       {"swtpm:host=,port=2321", "host is empty"},
-      {"swtpm:prot=2321", "unknown key \"prot\" (swtpm takes host and port)"},
-      {"swtpm:path=/run/swtpm.sock", "unknown key \"path\""},
+      {"swtpm:prot=2321", "unknown key \"prot\" (swtpm takes host and port, or path)"},
+      {"swtpm:path=", "path is empty"},
+      {"swtpm:path=/a,path=/b", "path is given twice"},
+      {"swtpm:path=/run/swtpm.sock,port=2321", "host and port do not go with it"},
+      {"swtpm:host=localhost,path=/run/swtpm.sock", "host and port do not go with it"},
       {"swtpm:2321", "\"2321\" is not key=value"},
       {"swtpm:port=1,port=2", "port is given twice"},
   };
@@ -389,6 +433,11 @@ TEST(SwtpmTcti, ABadConfigurationIsUnavailableNamingWhatIsWrong) {
     EXPECT_NE(message.find(bad.says), std::string::npos) << message;
     EXPECT_EQ(rc, TSS2_TCTI_RC_BAD_VALUE) << bad.tcti;
   }
+  const std::string long_path = "swtpm:path=/" + std::string(200, 'p');
+  const std::string too_long = error_text_of([&] { SwtpmTcti tcti(long_path); });
+  EXPECT_NE(too_long.find("path is longer than a Unix socket address holds (107 bytes)"),
+            std::string::npos)
+      << too_long;
   // Through Tpm2, as the daemon opens it.
   Config config;
   config.tcti = "swtpm:port=abc";
