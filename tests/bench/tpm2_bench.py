@@ -5,7 +5,8 @@ file (issue 6).
 
   M2MVAULT_BUILD_DIR=build/default tests/bench/tpm2_bench.py [--seconds 5] [--rounds 2] [--clients 4]
 
-Starts one swtpm (temporary state, loopback port) and, one at a time, what
+Starts one swtpm (temporary state, loopback port; with --unix-socket its
+command channel is a Unix socket, for every variant alike) and, one at a time, what
 uses it: m2mvaultd (`--backend tpm2`, no resource manager) with
 `[tpm2] password_auth_for_signing` off and on; tpm2-openssl through
 tpm2-abrmd (on a private D-Bus session bus, `--flush-all`), as its
@@ -340,6 +341,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=5, help="per measurement")
     ap.add_argument("--rounds", type=int, default=2, help="run every variant this many times, in turn")
     ap.add_argument("--clients", type=int, default=4, help="processes signing at once in the concurrent column")
+    ap.add_argument("--unix-socket", action="store_true",
+                    help="swtpm's channels on Unix sockets (swtpm:path=...) instead of loopback TCP")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     for tool in ("swtpm", "tpm2-abrmd", "dbus-daemon", "tpm2_flushcontext", "tpm2_getrandom"):
@@ -357,7 +360,8 @@ def main():
     root = tempfile.mkdtemp(prefix="m2mvault-tpm2-bench-")
     swtpm = bus = abrmd = daemon = None
     try:
-        swtpm = vaultlib.Swtpm(os.path.join(root, "swtpm"))
+        swtpm = vaultlib.Swtpm(os.path.join(root, "swtpm"), unix_socket=args.unix_socket)
+        print(f"swtpm: {swtpm.tcti}", flush=True)
         daemon = TpmDaemon(os.path.join(root, "vault"), swtpm)
         os.makedirs(daemon.root)
         configs = {}

@@ -60,14 +60,16 @@ def ephemeral_port_floor():
 
 class Swtpm:
     """A private swtpm (TPM 2.0 simulator) on a free loopback port pair:
-    server on P, control on P+1; startup-clear, so a restart is a TPM reset
-    followed by TPM2_Startup(CLEAR)."""
+    server on P, control on P+1; or, with unix_socket, on Unix sockets in its
+    state directory. startup-clear, so a restart is a TPM reset followed by
+    TPM2_Startup(CLEAR)."""
 
-    def __init__(self, state_dir):
+    def __init__(self, state_dir, unix_socket=False):
         self.state_dir = state_dir
         os.makedirs(state_dir, exist_ok=True)
         self.proc = None
-        self.port = self._free_port_pair()
+        self.unix_socket = unix_socket
+        self.port = None if unix_socket else self._free_port_pair()
         self.start()
 
     @staticmethod
@@ -94,14 +96,37 @@ class Swtpm:
         raise RuntimeError("no free port pair for swtpm")
 
     @property
+    def server_path(self):
+        return os.path.join(self.state_dir, "server.sock")
+
+    @property
     def tcti(self):
+        if self.unix_socket:
+            return f"swtpm:path={self.server_path}"
         return f"swtpm:host=127.0.0.1,port={self.port}"
+
+    def _channels(self):
+        if self.unix_socket:
+            return ["--server", f"type=unixio,path={self.server_path}",
+                    "--ctrl", f"type=unixio,path={self.server_path}.ctrl"]
+        return ["--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+                "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1"]
+
+    def _accepts(self):
+        try:
+            if self.unix_socket:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(1)
+                    s.connect(self.server_path)
+            else:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
     def start(self):
         self.proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state_dir}",
-             "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state_dir}", *self._channels(),
              "--flags", "not-need-init,startup-clear"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         _running_swtpms.add(self)
@@ -109,11 +134,9 @@ class Swtpm:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"swtpm exited with {self.proc.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            if self._accepts():
                 return
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         raise RuntimeError("swtpm did not start")
 
     def stop(self):
