@@ -1,6 +1,6 @@
 // The SecureElement on a PKCS#11 token: wrapped secrets, HMACs and the
-// vault's own ECDSA keys through the PKCS#11 API; RSA and adopted keys
-// through libp11.
+// vault's own signing keys through the PKCS#11 API; adopted keys (and the
+// handshakes the daemon runs) through libp11.
 #include "hsm/pkcs11/pkcs11_backend.h"
 
 #include <openssl/crypto.h>
@@ -220,9 +220,9 @@ class Pkcs11Backend final : public SecureElement {
   Bytes sign_digest(const TokenKeyRef& key, SignatureScheme scheme,
                     std::span<const std::uint8_t> digest) override {
     // The vault's own keys carry no token label (adopted ones always do).
-    if (scheme == SignatureScheme::ecdsa && key.token_label.empty() && key.object_label.empty()) {
+    if (key.token_label.empty() && key.object_label.empty()) {
       check_object_id(key.object_id);
-      return signing_.sign_ecdsa(key.object_id, digest);
+      return signing_.sign(key.object_id, scheme, digest);
     }
     const auto pkey = signer_->private_key(key);
     return sign_digest_with(pkey.get(), scheme, digest);

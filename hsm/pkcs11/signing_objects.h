@@ -1,5 +1,6 @@
-// The vault's own ECDSA keys as the token signs with them: CKM_ECDSA through
-// the PKCS#11 API on a session copy of the private key.
+// The vault's own signing keys as the token signs with them: CKM_ECDSA,
+// CKM_RSA_PKCS or CKM_RSA_PKCS_PSS through the PKCS#11 API on a session copy
+// of the private key.
 //
 // Why a copy: SoftHSM2 keeps token objects in files and, on every C_SignInit
 // with one, opens, locks and reads the token's generation file and the
@@ -37,10 +38,13 @@ class SigningObjects {
   SigningObjects(const SigningObjects&) = delete;
   SigningObjects& operator=(const SigningObjects&) = delete;
 
-  // The DER ECDSA signature of `digest` (1..64 bytes) by the vault's private
-  // key with this CKA_ID. Throws Error(not_found) when there is no such key,
-  // Error(invalid_argument) when it is not an EC key.
-  Bytes sign_ecdsa(std::span<const std::uint8_t> object_id, std::span<const std::uint8_t> digest);
+  // The signature of `digest` by the vault's private key with this CKA_ID,
+  // as SecureElement::sign_digest makes it: ECDSA as DER (digest 1..64
+  // bytes); RSA PKCS#1 v1.5 or PSS (salt = digest length) with the digest
+  // named by its size (32, 48, 64). Throws Error(not_found) when there is no
+  // such key, Error(invalid_argument) when the scheme does not fit the key.
+  Bytes sign(std::span<const std::uint8_t> object_id, SignatureScheme scheme,
+             std::span<const std::uint8_t> digest);
 
   // Drops the copy of this key (before or after its token objects go).
   void forget(std::span<const std::uint8_t> object_id);
@@ -49,6 +53,7 @@ class SigningObjects {
  private:
   struct Entry {
     CK_OBJECT_HANDLE original = CK_INVALID_HANDLE;
+    CK_KEY_TYPE key_type = CKK_EC;
     std::shared_ptr<const SessionObject> copy;  // null: the token refused one
     std::chrono::steady_clock::time_point found;
     CK_OBJECT_HANDLE handle() const noexcept { return copy ? copy->handle() : original; }

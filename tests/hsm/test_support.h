@@ -60,16 +60,17 @@ inline Pkey parse_spki(std::span<const std::uint8_t> der) {
   return Pkey(d2i_PUBKEY(nullptr, &in, static_cast<long>(der.size())));
 }
 
-// EVP_PKEY_verify of `signature` over `digest` (SHA-256) with the public key.
+// EVP_PKEY_verify of `signature` over `digest` (of `md`, SHA-256 unless
+// given) with the public key.
 inline bool verifies(EVP_PKEY* key, SignatureScheme scheme, std::span<const std::uint8_t> digest,
-                     std::span<const std::uint8_t> signature) {
+                     std::span<const std::uint8_t> signature, const EVP_MD* md = EVP_sha256()) {
   std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)> ctx(EVP_PKEY_CTX_new(key, nullptr),
                                                                   EVP_PKEY_CTX_free);
   if (!ctx || EVP_PKEY_verify_init(ctx.get()) <= 0) return false;
   if (scheme != SignatureScheme::ecdsa) {
     const bool pss = scheme == SignatureScheme::rsa_pss;
     EVP_PKEY_CTX_set_rsa_padding(ctx.get(), pss ? RSA_PKCS1_PSS_PADDING : RSA_PKCS1_PADDING);
-    EVP_PKEY_CTX_set_signature_md(ctx.get(), EVP_sha256());
+    EVP_PKEY_CTX_set_signature_md(ctx.get(), md);
     if (pss) EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx.get(), RSA_PSS_SALTLEN_DIGEST);
   }
   return EVP_PKEY_verify(ctx.get(), signature.data(), signature.size(), digest.data(),

@@ -60,12 +60,34 @@ TEST(SigningKey, Rsa2048SignsPkcs1AndPssThatOpenSslVerifies) {
   const TokenKeyRef ref{"", id, ""};
   expect_signs_and_verifies(ref, spki, SignatureScheme::rsa_pkcs1);
   expect_signs_and_verifies(ref, spki, SignatureScheme::rsa_pss);
+  // The digest is named by its size: SHA-384 and SHA-512 too, checked by
+  // OpenSSL with that digest (and, for PSS, a salt as long as it).
+  for (const EVP_MD* md : {EVP_sha384(), EVP_sha512()}) {
+    Bytes digest(static_cast<std::size_t>(EVP_MD_get_size(md)));
+    const Bytes message = text_bytes("RSA with a longer digest");
+    unsigned int digest_size = 0;
+    ASSERT_EQ(EVP_Digest(message.data(), message.size(), digest.data(), &digest_size, md, nullptr),
+              1);
+    for (const auto scheme : {SignatureScheme::rsa_pkcs1, SignatureScheme::rsa_pss}) {
+      const Bytes signature = backend().sign_digest(ref, scheme, digest);
+      EXPECT_TRUE(verifies(key.get(), scheme, digest, signature, md)) << EVP_MD_get0_name(md);
+      EXPECT_FALSE(verifies(key.get(), scheme, digest, signature, EVP_sha256()));
+    }
+  }
+  EXPECT_THROW(backend().sign_digest(ref, SignatureScheme::rsa_pkcs1, Bytes(20, 1)), Error);
   try {
     backend().sign_digest(ref, SignatureScheme::ecdsa, sha256(Bytes{1}));
     FAIL() << "an RSA key made an ECDSA signature";
   } catch (const Error& error) {
     EXPECT_EQ(error.failure(), Failure::invalid_argument) << error.what();
   }
+  // Signed through a session copy, as the EC keys are.
+  RawSession raw(setup().config.module, pkcs11::kDefaultTokenLabel, setup().user_pin);
+  CK_OBJECT_CLASS private_class = CKO_PRIVATE_KEY;
+  EXPECT_EQ(raw.find({{CKA_CLASS, &private_class, sizeof private_class},
+                      {CKA_ID, const_cast<std::uint8_t*>(id.data()), id.size()}})
+                .size(),
+            2u);
   backend().destroy_token_object(id);
 }
 
