@@ -343,13 +343,13 @@ class Pkcs11Backend final : public SecureElement {
 
   // The session object holding `blob`'s secret, from the cache or unwrapped now.
   std::shared_ptr<const SessionObject> unwrapped(const SessionPool::Lease& session,
-                                                std::span<const std::uint8_t> blob) {
+                                                 std::span<const std::uint8_t> blob) {
     const ParsedBlob parsed = parse_blob(blob);
     const auto digest = UnwrapCache::digest_of(blob);
     if (auto cached = cache_.find(digest)) return cached;
     const CK_OBJECT_HANDLE handle = unwrap_blob(fn(), session.handle(), kek_, parsed);
     return cache_.insert(digest, std::make_shared<const SessionObject>(token_->housekeeping(),
-                                                                      handle, parsed.length));
+                                                                       handle, parsed.length));
   }
 
   Config config_;
@@ -358,8 +358,9 @@ class Pkcs11Backend final : public SecureElement {
   CK_OBJECT_HANDLE audit_key_ = CK_INVALID_HANDLE;
   std::mutex checkpoint_mutex_;
   AuditEpochs epochs_{[this](std::span<const std::uint8_t> data) { return audit_mac(data); }};
-  UnwrapCache cache_;  // after token_: its objects go before the sessions close
-  SigningObjects signing_{*token_};  // likewise
+  // After token_: their session objects go before the sessions close.
+  UnwrapCache cache_;
+  SigningObjects signing_{*token_};
   std::unique_ptr<Libp11Keys> signer_;
   std::mutex handles_mutex_;
   std::map<Bytes, CK_OBJECT_HANDLE> secret_handles_;

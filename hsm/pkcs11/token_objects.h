@@ -14,8 +14,8 @@ namespace m2mvault::hsm::pkcs11 {
 // Throws Error(invalid_argument) unless `object_id` is 1..64 bytes.
 void check_object_id(std::span<const std::uint8_t> object_id);
 
-// The vault's token objects (not their session copies) with this CKA_ID; of class `object_class` unless it is
-// CK_UNAVAILABLE_INFORMATION (all classes).
+// The vault's token objects (not their session copies) with this CKA_ID; of class `object_class`
+// unless it is CK_UNAVAILABLE_INFORMATION (all classes).
 std::vector<CK_OBJECT_HANDLE> find_vault_objects(CK_FUNCTION_LIST* fn, CK_SESSION_HANDLE session,
                                                  std::span<const std::uint8_t> object_id,
                                                  CK_OBJECT_CLASS object_class);

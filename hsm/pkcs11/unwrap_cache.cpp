@@ -26,7 +26,7 @@ std::shared_ptr<const SessionObject> UnwrapCache::find(const Digest& digest) {
 }
 
 std::shared_ptr<const SessionObject> UnwrapCache::insert(const Digest& digest,
-                                                        std::shared_ptr<const SessionObject> key) {
+                                                         std::shared_ptr<const SessionObject> key) {
   if (capacity_ == 0) return key;
   // Evicted keys are released after the lock, so their destruction (a token
   // call) never runs under it.

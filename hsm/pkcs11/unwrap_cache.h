@@ -50,7 +50,7 @@ class UnwrapCache {
   // Caches `key`, evicting the least recently used entry beyond capacity.
   // When another thread cached the same blob first, its key is kept and returned.
   std::shared_ptr<const SessionObject> insert(const Digest& digest,
-                                             std::shared_ptr<const SessionObject> key);
+                                              std::shared_ptr<const SessionObject> key);
   // Drops every entry (their objects go when their last user lets go).
   void clear();
 

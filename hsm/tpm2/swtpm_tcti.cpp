@@ -89,7 +89,8 @@ SwtpmAddress parse_swtpm_tcti(std::string_view tcti) {
     if (option.empty()) continue;  // "port=N," as tpm2-tss takes it
     const std::size_t equals = option.find('=');
     if (equals == std::string_view::npos) {
-      bad_config(tcti, "\"" + std::string(option) + "\" is not key=value (host=H,port=N or path=P)");
+      bad_config(tcti,
+                 "\"" + std::string(option) + "\" is not key=value (host=H,port=N or path=P)");
     }
     const std::string_view key = option.substr(0, equals);
     const std::string_view value = option.substr(equals + 1);
@@ -112,8 +113,8 @@ SwtpmAddress parse_swtpm_tcti(std::string_view tcti) {
       address.path = value;
       have_path = true;
     } else {
-      bad_config(tcti, "unknown key \"" + std::string(key) +
-                           "\" (swtpm takes host and port, or path)");
+      bad_config(tcti,
+                 "unknown key \"" + std::string(key) + "\" (swtpm takes host and port, or path)");
     }
   }
   if (have_path && (have_host || have_port)) {
@@ -236,8 +237,7 @@ TSS2_RC SwtpmTcti::receive(TSS2_TCTI_CONTEXT* context, size_t* size, uint8_t* re
     const std::uint32_t declared = size_field(self->response_.data());
     // Out of step with the TPM, or not a TPM at all: nothing after this
     // can be trusted to start a response.
-    if (declared < kHeaderSize || declared > self->response_.size() ||
-        self->received_ > declared) {
+    if (declared < kHeaderSize || declared > self->response_.size() || self->received_ > declared) {
       return self->fail_command(TSS2_TCTI_RC_MALFORMED_RESPONSE);
     }
     self->response_size_ = declared;

@@ -7,9 +7,8 @@
 #include <algorithm>
 #include <thread>
 
-#include "hsm/pkcs11/signing_objects.h"
-
 #include "hsm/pkcs11/pkcs11_backend.h"
+#include "hsm/pkcs11/signing_objects.h"
 #include "tests/hsm/hsm_environment.h"
 #include "tests/hsm/raw_pkcs11.h"
 #include "tests/hsm/test_support.h"
@@ -97,9 +96,9 @@ std::vector<std::pair<CK_OBJECT_HANDLE, bool>> private_keys_with_id(RawSession& 
                                                                     const Bytes& id) {
   CK_OBJECT_CLASS private_class = CKO_PRIVATE_KEY;
   std::vector<std::pair<CK_OBJECT_HANDLE, bool>> keys;
-  for (CK_OBJECT_HANDLE object : raw.find({{CKA_CLASS, &private_class, sizeof private_class},
-                                           {CKA_ID, const_cast<std::uint8_t*>(id.data()),
-                                            id.size()}})) {
+  for (CK_OBJECT_HANDLE object :
+       raw.find({{CKA_CLASS, &private_class, sizeof private_class},
+                 {CKA_ID, const_cast<std::uint8_t*>(id.data()), id.size()}})) {
     CK_BBOOL on_token = CK_FALSE;
     CK_ATTRIBUTE query{CKA_TOKEN, &on_token, sizeof on_token};
     EXPECT_EQ(raw.fn()->C_GetAttributeValue(raw.handle(), object, &query, 1), CKR_OK);

@@ -134,9 +134,9 @@ bool Swtpm::try_start() {
   // On Unix sockets, the control channel where tpm2-tss's swtpm TCTI looks
   // for it: the command socket's path + ".ctrl".
   const bool unix_socket = transport_ == Transport::unix_socket;
-  const std::string server =
-      unix_socket ? "type=unixio,path=" + (state_dir_ / "server.sock").string()
-                  : "type=tcp,port=" + std::to_string(port_) + ",bindaddr=127.0.0.1";
+  const std::string server = unix_socket
+                                 ? "type=unixio,path=" + (state_dir_ / "server.sock").string()
+                                 : "type=tcp,port=" + std::to_string(port_) + ",bindaddr=127.0.0.1";
   const std::string control =
       unix_socket ? "type=unixio,path=" + (state_dir_ / "server.sock.ctrl").string()
                   : "type=tcp,port=" + std::to_string(port_ + 1) + ",bindaddr=127.0.0.1";
@@ -203,8 +203,8 @@ void Swtpm::start() {
 
 void Swtpm::init_via_control_channel() {
   const std::string channel = transport_ == Transport::unix_socket
-                                ? "--unix " + (state_dir_ / "server.sock.ctrl").string()
-                                : "--tcp 127.0.0.1:" + std::to_string(port_ + 1);
+                                  ? "--unix " + (state_dir_ / "server.sock.ctrl").string()
+                                  : "--tcp 127.0.0.1:" + std::to_string(port_ + 1);
   const std::string command = "swtpm_ioctl " + channel + " -i >/dev/null";
   if (run_command(command) != 0) throw std::runtime_error("swtpm_ioctl -i failed");
 }
