@@ -229,6 +229,18 @@ int remaining_ms(Clock::time_point deadline) {
   return static_cast<int>(std::clamp<long long>(left, 0, std::numeric_limits<int>::max()));
 }
 
+// One of the `threads` handlers that may run at once, held for a scope.
+class HandlerSlot {
+ public:
+  explicit HandlerSlot(std::counting_semaphore<>& slots) : slots_(slots) { slots_.acquire(); }
+  ~HandlerSlot() { slots_.release(); }
+  HandlerSlot(const HandlerSlot&) = delete;
+  HandlerSlot& operator=(const HandlerSlot&) = delete;
+
+ private:
+  std::counting_semaphore<>& slots_;
+};
+
 // One connection, served start to end by its own thread with blocking
 // waits: a request wakes exactly the thread that answers it, and a handler
 // that blocks (an HSM, an fsync) holds up no other connection.
@@ -272,14 +284,10 @@ class Connection {
         }
         const std::size_t whole = 4 + std::size_t{n};
         if (buffered() >= whole) {
-          server_.handler_slots.acquire();
-          try {
+          {
+            const HandlerSlot slot(server_.handler_slots);
             server_.serve(principal_, std::string_view(in_.data() + start_ + 4, n), out_);
-          } catch (...) {
-            server_.handler_slots.release();
-            throw;
           }
-          server_.handler_slots.release();
           consume(whole);
           if (!server_.send_all(fd_, out_)) return;
           continue;
