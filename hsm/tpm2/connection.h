@@ -64,8 +64,8 @@ class ResourceRecord {
 class Connection {
  public:
   // Opens the TCTI named by `tcti` and an ESAPI context on it. "swtpm" and
-  // "swtpm:..." ("swtpm:port=N", "swtpm:host=H,port=N") are the vault's own
-  // swtpm TCTI (swtpm_tcti.h); anything else ("device:/dev/tpmrm0",
+  // "swtpm:..." ("swtpm:port=N", "swtpm:host=H,port=N", "swtpm:path=P") are
+  // the vault's own swtpm TCTI (swtpm_tcti.h); anything else ("device:/dev/tpmrm0",
   // "tabrmd:...", "libtss2-tcti-swtpm.so.0:port=N" for tpm2-tss's swtpm
   // TCTI) goes to Tss2_TctiLdr_Initialize. Throws TpmError(unavailable).
   explicit Connection(const std::string& tcti);
@@ -75,7 +75,7 @@ class Connection {
 
   ESYS_CONTEXT* esys() const noexcept { return esys_.get(); }
 
-  // TCP connections the vault's swtpm TCTI opened for this connection; 0
+  // Connections the vault's swtpm TCTI opened for this connection; 0
   // on any other TCTI.
   std::uint64_t swtpm_connects() const noexcept { return swtpm_ ? swtpm_->connects() : 0; }
 

@@ -95,7 +95,7 @@ struct Stats {
   std::size_t flushed_at_start = 0;    // leftovers flushed when the last connection opened
   std::size_t loaded_capacity = 0;     // objects kept loaded besides the primary
   std::uint64_t signing_sessions = 0;  // HMAC sessions started for TPM2_Sign
-  std::uint64_t tcti_connections = 0;  // TCP connections the swtpm TCTI opened (0 on others)
+  std::uint64_t tcti_connections = 0;  // connections the swtpm TCTI opened (0 on others)
 };
 
 class Tpm2 {
