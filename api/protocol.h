@@ -32,6 +32,10 @@ class RequestHandler {
  public:
   virtual ~RequestHandler() = default;
   virtual nlohmann::json handle(const Principal& principal, const Request& request) = 0;
+  // Runs on the connection's thread after a reply has been sent, before it
+  // waits for the next request: work that need not delay a reply. Skipped
+  // while every handler slot is taken. Must not throw.
+  virtual void after_reply() noexcept {}
 };
 
 }  // namespace m2mvault::api

@@ -290,6 +290,12 @@ class Connection {
           }
           consume(whole);
           if (!server_.send_all(fd_, out_)) return;
+          // Nobody waits on this connection now; when a handler slot is
+          // free, the handler may ready itself for what comes next.
+          if (server_.handler_slots.try_acquire()) {
+            server_.handler.after_reply();
+            server_.handler_slots.release();
+          }
           continue;
         }
         if (in_.size() - start_ < whole) make_room(whole);

@@ -163,6 +163,12 @@ class SecureElement {
   // The public key of a token key pair, DER SubjectPublicKeyInfo.
   virtual Bytes public_key(const TokenKeyRef& key) = 0;
 
+  // Work that makes the next operations faster, for a caller that waits for
+  // nothing (the daemon runs it after each reply is sent): on PKCS#11, the
+  // next signature with each key just used is initialised (C_SignInit).
+  // Never throws; by default nothing.
+  virtual void prepare() noexcept {}
+
   // --- the audit log (policies/audit_log.h) ------------------------------
 
   // HMAC-SHA-256 with the vault's audit key: a persistent, sensitive,

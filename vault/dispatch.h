@@ -51,6 +51,7 @@ class Dispatcher : public api::RequestHandler {
   Dispatcher(Vault& vault, Handshakes& handshakes, policies::PolicyStore& policies,
              RequestAudit* audit = nullptr);
   nlohmann::json handle(const api::Principal& principal, const api::Request& request) override;
+  void after_reply() noexcept override { vault_.prepare(); }
 
  private:
   struct Context;

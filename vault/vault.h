@@ -199,6 +199,9 @@ class Vault {
 
   std::size_t count();
   hsm::BackendInfo backend() const { return se_.info(); }
+  // Readies the secure element for the next operations (SecureElement::
+  // prepare); for when no request waits. Never throws.
+  void prepare() noexcept { se_.prepare(); }
 
  private:
   bool pending_key_works(const KeyRecord& row, std::vector<std::uint8_t>& spki);

@@ -228,6 +228,8 @@ class Pkcs11Backend final : public SecureElement {
     return sign_digest_with(pkey.get(), scheme, digest);
   }
 
+  void prepare() noexcept override { signing_.arm_pending(); }
+
   Hmac audit_mac(std::span<const std::uint8_t> data) override {
     auto session = token_->sessions().borrow();
     return token_hmac(fn(), session.handle(), audit_key_, data);

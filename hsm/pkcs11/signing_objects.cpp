@@ -66,30 +66,28 @@ Bytes SigningObjects::sign(std::span<const std::uint8_t> object_id, SignatureSch
     }
   }
 
-  CK_FUNCTION_LIST* fn = token_.fn();
   const Bytes id(object_id.begin(), object_id.end());
-  auto session = token_.sessions().borrow();
-  Entry entry = entry_for(session.handle(), id);
-  const auto fits = [&](const Entry& e) {
-    if ((e.key_type == CKK_EC) != ecdsa) {
-      throw Error(Failure::invalid_argument, "signature scheme does not fit the key");
-    }
-  };
-  fits(entry);
-  CK_RV rv = fn->C_SignInit(session.handle(), &mechanism, entry.handle());
-  if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) {
-    // The copy or its original went since it was found: find it once more.
-    forget(id);
-    entry = entry_for(session.handle(), id);
-    fits(entry);
-    rv = fn->C_SignInit(session.handle(), &mechanism, entry.handle());
-  }
-  check(rv, "C_SignInit");
+  Entry entry = entry_for(id);
   // ECDSA: r || s, each as long as the curve's order; RSA: the modulus's
   // length. 1,024 bytes hold RSA-8192's.
   std::array<CK_BYTE, 1024> raw{};
-  CK_ULONG size = raw.size();
-  check(fn->C_Sign(session.handle(), input.data(), input.size(), raw.data(), &size), "C_Sign");
+  Outcome outcome;
+  for (int attempt = 0;; ++attempt) {
+    if ((entry.key_type == CKK_EC) != ecdsa) {
+      throw Error(Failure::invalid_argument, "signature scheme does not fit the key");
+    }
+    outcome = sign_once(id, entry, mechanism, input, raw);
+    if (attempt == 0 &&
+        (outcome.rv == CKR_KEY_HANDLE_INVALID || outcome.rv == CKR_OBJECT_HANDLE_INVALID)) {
+      // The copy or its original went since it was found: find it once more.
+      forget(id);
+      entry = entry_for(id);
+      continue;
+    }
+    break;
+  }
+  check(outcome.rv, outcome.call);
+  const CK_ULONG size = outcome.size;
   if (size == 0 || size > raw.size() || (ecdsa && size % 2 != 0)) {
     throw Error(Failure::internal, "C_Sign returned a signature of impossible length");
   }
@@ -98,22 +96,215 @@ Bytes SigningObjects::sign(std::span<const std::uint8_t> object_id, SignatureSch
   return ecdsa_der(signature.first(size / 2), signature.last(size / 2));
 }
 
-void SigningObjects::forget(std::span<const std::uint8_t> object_id) {
-  std::shared_ptr<const SessionObject> gone;  // destroyed after the lock is released
-  std::lock_guard lock(mutex_);
-  if (auto it = entries_.find(Bytes(object_id.begin(), object_id.end())); it != entries_.end()) {
-    gone = std::move(it->second.copy);
-    entries_.erase(it);
+SigningObjects::Outcome SigningObjects::sign_once(const Bytes& object_id, const Entry& entry,
+                                                  CK_MECHANISM& mechanism,
+                                                  std::span<const CK_BYTE> input,
+                                                  std::span<CK_BYTE> out) {
+  if (mechanism.mechanism != CKM_RSA_PKCS_PSS) {
+    const Armed wanted{CK_INVALID_HANDLE, entry.handle(), mechanism.mechanism};
+    const auto park = [&](CK_SESSION_HANDLE session) {
+      std::lock_guard lock(mutex_);
+      parked_.emplace_back(object_id, Armed{session, wanted.key, wanted.mechanism});
+    };
+    if (const auto session = take_armed(object_id, wanted)) {
+      CK_ULONG size = out.size();
+      // Not const-correct in PKCS#11: C_Sign does not write its input.
+      auto* data = const_cast<CK_BYTE*>(input.data());
+      if (token_.fn()->C_Sign(*session, data, input.size(), out.data(), &size) == CKR_OK) {
+        park(*session);
+        return Outcome{CKR_OK, "C_Sign", size};
+      }
+      // Whatever went wrong, the session is not trusted again; the
+      // signature is tried once more the ordinary way, which reports a
+      // failure that lasts.
+      close_sessions({*session});
+    }
+    if (const auto session = take_spare()) {
+      const Outcome outcome = init_and_sign(*session, mechanism, entry.handle(), input, out);
+      if (outcome.rv == CKR_OK) {
+        park(*session);
+        return outcome;
+      }
+      close_sessions({*session});
+      // A session the module dropped says nothing of the key: the pool's
+      // session answers instead. Any other failure is the signature's.
+      if (outcome.rv != CKR_SESSION_HANDLE_INVALID && outcome.rv != CKR_SESSION_CLOSED) {
+        return outcome;
+      }
+    }
+  }
+  auto lease = token_.sessions().borrow();
+  return init_and_sign(lease.handle(), mechanism, entry.handle(), input, out);
+}
+
+SigningObjects::Outcome SigningObjects::init_and_sign(CK_SESSION_HANDLE session,
+                                                      CK_MECHANISM& mechanism, CK_OBJECT_HANDLE key,
+                                                      std::span<const CK_BYTE> input,
+                                                      std::span<CK_BYTE> out) {
+  CK_FUNCTION_LIST* fn = token_.fn();
+  if (const CK_RV rv = fn->C_SignInit(session, &mechanism, key); rv != CKR_OK) {
+    return Outcome{rv, "C_SignInit", 0};
+  }
+  CK_ULONG size = out.size();
+  auto* data = const_cast<CK_BYTE*>(input.data());
+  const CK_RV rv = fn->C_Sign(session, data, input.size(), out.data(), &size);
+  return Outcome{rv, "C_Sign", size};
+}
+
+void SigningObjects::arm_pending() noexcept {
+  CK_FUNCTION_LIST* fn = token_.fn();
+  for (;;) {
+    std::pair<Bytes, Armed> next;
+    {
+      std::lock_guard lock(mutex_);
+      if (parked_.empty()) return;
+      next = std::move(parked_.back());
+      parked_.pop_back();
+    }
+    const auto& [object_id, armed] = next;
+    CK_MECHANISM mechanism{armed.mechanism, nullptr, 0};
+    if (fn->C_SignInit(armed.session, &mechanism, armed.key) != CKR_OK) {
+      close_sessions({armed.session});  // its state is unknown; a new one is cheap
+      continue;
+    }
+    bool current = false;
+    try {
+      std::lock_guard lock(mutex_);
+      const auto it = entries_.find(object_id);
+      // The key may have been forgotten or replaced while it was armed.
+      current = it != entries_.end() && it->second.handle() == armed.key;
+      if (current) armed_[object_id].push_back(armed);
+    } catch (...) {  // std::bad_alloc: the session is closed instead
+      current = false;
+    }
+    if (!current) close_sessions({armed.session});
   }
 }
 
-void SigningObjects::clear() {
-  std::map<Bytes, Entry> gone;
-  std::lock_guard lock(mutex_);
-  gone.swap(entries_);
+std::optional<CK_SESSION_HANDLE> SigningObjects::take_armed(const Bytes& object_id,
+                                                            const Armed& wanted) {
+  std::vector<CK_SESSION_HANDLE> stale;
+  std::optional<CK_SESSION_HANDLE> found;
+  {
+    std::lock_guard lock(mutex_);
+    const auto it = armed_.find(object_id);
+    if (it == armed_.end()) return std::nullopt;
+    auto& sessions = it->second;
+    while (!sessions.empty() && !found) {
+      const Armed armed = sessions.back();
+      sessions.pop_back();
+      if (armed.key == wanted.key && armed.mechanism == wanted.mechanism) {
+        found = armed.session;
+      } else {
+        stale.push_back(armed.session);
+      }
+    }
+    if (sessions.empty()) armed_.erase(it);
+  }
+  close_sessions(stale);
+  return found;
 }
 
-SigningObjects::Entry SigningObjects::entry_for(CK_SESSION_HANDLE session, const Bytes& object_id) {
+std::optional<CK_SESSION_HANDLE> SigningObjects::take_spare() {
+  std::vector<CK_SESSION_HANDLE> stolen;
+  {
+    std::lock_guard lock(mutex_);
+    if (!idle_.empty()) {
+      const CK_SESSION_HANDLE session = idle_.back();
+      idle_.pop_back();
+      return session;
+    }
+    if (!parked_.empty()) {  // nobody armed it (no arm_pending() caller)
+      const CK_SESSION_HANDLE session = parked_.back().second.session;
+      parked_.pop_back();
+      return session;
+    }
+    if (opened_ >= kMaxSessions) {
+      // All in use or armed: take one from the key with the most armed.
+      auto most = armed_.end();
+      for (auto it = armed_.begin(); it != armed_.end(); ++it) {
+        if (most == armed_.end() || it->second.size() > most->second.size()) most = it;
+      }
+      if (most == armed_.end()) return std::nullopt;
+      stolen.push_back(most->second.back().session);
+      most->second.pop_back();
+      if (most->second.empty()) armed_.erase(most);
+    }
+    ++opened_;  // reserved before the lock is released; undone on failure
+  }
+  close_sessions(stolen);
+  CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
+  if (token_.fn()->C_OpenSession(token_.slot(), CKF_SERIAL_SESSION, nullptr, nullptr, &session) !=
+      CKR_OK) {
+    std::lock_guard lock(mutex_);
+    --opened_;
+    return std::nullopt;
+  }
+  return session;
+}
+
+void SigningObjects::disarm_locked(const Bytes& object_id, std::vector<CK_SESSION_HANDLE>& out) {
+  if (const auto it = armed_.find(object_id); it != armed_.end()) {
+    for (const Armed& armed : it->second) out.push_back(armed.session);
+    armed_.erase(it);
+  }
+}
+
+void SigningObjects::close_sessions(const std::vector<CK_SESSION_HANDLE>& sessions) noexcept {
+  if (sessions.empty()) return;
+  // Closing a session ends the operation active in it; the session objects
+  // it would take along are never made in these sessions.
+  for (const CK_SESSION_HANDLE session : sessions) token_.fn()->C_CloseSession(session);
+  std::lock_guard lock(mutex_);
+  opened_ -= sessions.size();
+}
+
+std::size_t SigningObjects::sessions_open() const {
+  std::lock_guard lock(mutex_);
+  return opened_;
+}
+
+std::size_t SigningObjects::sessions_armed() const {
+  std::lock_guard lock(mutex_);
+  std::size_t armed = 0;
+  for (const auto& [id, sessions] : armed_) armed += sessions.size();
+  return armed;
+}
+
+void SigningObjects::forget(std::span<const std::uint8_t> object_id) {
+  const Bytes id(object_id.begin(), object_id.end());
+  std::vector<CK_SESSION_HANDLE> disarmed;
+  {
+    std::shared_ptr<const SessionObject> gone;  // destroyed after the lock is released
+    std::lock_guard lock(mutex_);
+    if (auto it = entries_.find(id); it != entries_.end()) {
+      gone = std::move(it->second.copy);
+      entries_.erase(it);
+    }
+    disarm_locked(id, disarmed);
+  }
+  close_sessions(disarmed);
+}
+
+void SigningObjects::clear() {
+  std::vector<CK_SESSION_HANDLE> own;
+  {
+    std::map<Bytes, Entry> gone;  // destroyed after the lock is released
+    std::lock_guard lock(mutex_);
+    gone.swap(entries_);
+    for (const auto& [id, sessions] : armed_) {
+      for (const Armed& armed : sessions) own.push_back(armed.session);
+    }
+    armed_.clear();
+    for (const auto& [id, armed] : parked_) own.push_back(armed.session);
+    parked_.clear();
+    own.insert(own.end(), idle_.begin(), idle_.end());
+    idle_.clear();
+  }
+  close_sessions(own);
+}
+
+SigningObjects::Entry SigningObjects::entry_for(const Bytes& object_id) {
   const auto now = std::chrono::steady_clock::now();
   {
     std::lock_guard lock(mutex_);
@@ -122,7 +313,10 @@ SigningObjects::Entry SigningObjects::entry_for(CK_SESSION_HANDLE session, const
       return it->second;
     }
   }
-  const auto found = find_vault_objects(token_.fn(), session, object_id, CKO_PRIVATE_KEY);
+  // Copies are made in a pool session: those live as long as the token, and
+  // a session object goes with the session that made it.
+  auto session = token_.sessions().borrow();
+  const auto found = find_vault_objects(token_.fn(), session.handle(), object_id, CKO_PRIVATE_KEY);
   if (found.empty()) {
     forget(object_id);
     throw Error(Failure::not_found, "no private key " + to_hex(object_id));
@@ -135,14 +329,21 @@ SigningObjects::Entry SigningObjects::entry_for(CK_SESSION_HANDLE session, const
       return it->second;
     }
   }
-  Entry fresh = make_entry(session, found.front());
+  Entry fresh = make_entry(session.handle(), found.front());
   fresh.found = now;
-  std::shared_ptr<const SessionObject> replaced;  // destroyed after the lock is released
-  std::lock_guard lock(mutex_);
-  Entry& slot = entries_[object_id];
-  replaced = std::move(slot.copy);
-  slot = fresh;
-  return slot;
+  std::vector<CK_SESSION_HANDLE> disarmed;
+  Entry result;
+  {
+    std::shared_ptr<const SessionObject> replaced;  // destroyed after the lock is released
+    std::lock_guard lock(mutex_);
+    Entry& slot = entries_[object_id];
+    replaced = std::move(slot.copy);
+    slot = fresh;
+    disarm_locked(object_id, disarmed);
+    result = slot;
+  }
+  close_sessions(disarmed);
+  return result;
 }
 
 SigningObjects::Entry SigningObjects::make_entry(CK_SESSION_HANDLE session,

@@ -14,6 +14,20 @@
 // A copy outlives its original if someone destroys the token object outside
 // the vault; the original is looked up again at most kRecheck after it was
 // last found, and the copy is dropped when it is gone or replaced.
+//
+// Signatures made ready ahead: after an ECDSA or RSA PKCS#1 v1.5 signature
+// (mechanisms that do not depend on the digest), the session it used is
+// parked, and arm_pending() runs C_SignInit on it again with the same key,
+// so that the next such signature with that key needs only C_Sign. The
+// daemon calls arm_pending() after it has sent its reply, when the client
+// no longer waits. Measured on SoftHSM2 with P-256, 3 ms after the last
+// call: C_SignInit 167 us and C_Sign 86 us; C_Sign alone on an armed
+// session 135 us. These sessions are the object's own (at most
+// kMaxSessions), never the token's pool: an armed session cannot run
+// another signature (HMAC) or a search. An armed session is closed, which
+// ends its operation, whenever its key is forgotten or replaced, so it
+// never signs for a key the vault dropped. PSS is not armed: its
+// parameters name the digest.
 #pragma once
 
 #include <chrono>
@@ -21,7 +35,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
+#include <utility>
+#include <vector>
 
 #include "hsm/pkcs11/token.h"
 #include "hsm/pkcs11/unwrap_cache.h"
@@ -46,9 +63,21 @@ class SigningObjects {
   Bytes sign(std::span<const std::uint8_t> object_id, SignatureScheme scheme,
              std::span<const std::uint8_t> digest);
 
-  // Drops the copy of this key (before or after its token objects go).
+  // Arms the sessions parked by signatures since the last call (see above).
+  // Never throws: a session that cannot be armed is left unarmed.
+  void arm_pending() noexcept;
+
+  // Drops the copy of this key (before or after its token objects go) and
+  // closes the sessions armed with it.
   void forget(std::span<const std::uint8_t> object_id);
+  // Drops every copy and closes every session of this object's own.
   void clear();
+
+  // Sessions of this object's own: opened, and of those armed (tests).
+  std::size_t sessions_open() const;
+  std::size_t sessions_armed() const;
+
+  static constexpr std::size_t kMaxSessions = 32;
 
  private:
   struct Entry {
@@ -59,12 +88,41 @@ class SigningObjects {
     CK_OBJECT_HANDLE handle() const noexcept { return copy ? copy->handle() : original; }
   };
 
-  Entry entry_for(CK_SESSION_HANDLE session, const Bytes& object_id);
+  // An own session with C_SignInit(mechanism, key) done, or to be done.
+  struct Armed {
+    CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
+    CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+    CK_MECHANISM_TYPE mechanism = CKM_ECDSA;
+  };
+  struct Outcome {
+    CK_RV rv = CKR_OK;
+    const char* call = "C_Sign";  // what failed, when rv says so
+    CK_ULONG size = 0;            // of the signature
+  };
+
+  // The key's entry: from memory within kRecheck of its last look-up, else
+  // looked up in a session borrowed from the token's pool (never call this
+  // while holding one: the pool may have a single session).
+  Entry entry_for(const Bytes& object_id);
   Entry make_entry(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE original);
+  // One attempt on an armed, a spare or a pool session.
+  Outcome sign_once(const Bytes& object_id, const Entry& entry, CK_MECHANISM& mechanism,
+                    std::span<const CK_BYTE> input, std::span<CK_BYTE> out);
+  Outcome init_and_sign(CK_SESSION_HANDLE session, CK_MECHANISM& mechanism, CK_OBJECT_HANDLE key,
+                        std::span<const CK_BYTE> input, std::span<CK_BYTE> out);
+  std::optional<CK_SESSION_HANDLE> take_armed(const Bytes& object_id, const Armed& wanted);
+  std::optional<CK_SESSION_HANDLE> take_spare();
+  // Moves the key's armed sessions to `out` (mutex_ held).
+  void disarm_locked(const Bytes& object_id, std::vector<CK_SESSION_HANDLE>& out);
+  void close_sessions(const std::vector<CK_SESSION_HANDLE>& sessions) noexcept;
 
   Token& token_;
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::map<Bytes, Entry> entries_;
+  std::size_t opened_ = 0;                       // own sessions open
+  std::vector<CK_SESSION_HANDLE> idle_;          // own, no operation active
+  std::vector<std::pair<Bytes, Armed>> parked_;  // own, to be armed
+  std::map<Bytes, std::vector<Armed>> armed_;    // own, C_SignInit done
 };
 
 }  // namespace m2mvault::hsm::pkcs11

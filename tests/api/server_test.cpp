@@ -50,10 +50,21 @@ class TestHandler : public RequestHandler {
       return json::object();
     }
     if (request.op == "huge") return {{"data", std::string(kMaxFrameBytes + 1, 'x')}};
+    if (request.op == "gated") {  // its after_reply() waits until the test opens the gate
+      gate_next = true;
+      return json::object();
+    }
     throw Error(ErrorCode::unsupported, "unknown operation '" + request.op + "'");
+  }
+  void after_reply() noexcept override {
+    if (gate_next.exchange(false)) gate.get_future().wait();
+    ++after_replies;
   }
   std::promise<void> blocked;
   std::promise<void> release;
+  std::atomic<bool> gate_next{false};
+  std::promise<void> gate;
+  std::atomic<int> after_replies{0};
 };
 
 class ServerTest : public ::testing::Test {
@@ -118,6 +129,23 @@ TEST_F(ServerTest, RoundTripAndErrorCodes) {
     EXPECT_EQ(e.code(), ErrorCode::not_found);
     EXPECT_STREQ(e.what(), "no key named 'x'");
   }
+}
+
+// after_reply() runs once per reply, after the reply has reached the
+// client: a "gated" request is answered while its after_reply() still waits.
+TEST_F(ServerTest, AfterReplyRunsOncePerReplyAfterItWasSent) {
+  start();
+  auto c = client();
+  EXPECT_EQ(c.call("gated"), json::object());  // would time out if after_reply() came first
+  EXPECT_EQ(handler_.after_replies.load(), 0);
+  handler_.gate.set_value();
+  EXPECT_EQ(c.call("echo", {{"n", 1}}), (json{{"n", 1}}));
+  EXPECT_THROW(c.call("fail"), Error);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (handler_.after_replies.load() < 3 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(handler_.after_replies.load(), 3);  // errors are replies too
 }
 
 TEST_F(ServerTest, UnexpectedExceptionsRevealNothing) {

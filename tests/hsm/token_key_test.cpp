@@ -129,8 +129,10 @@ TEST(SigningKey, EcdsaSessionCopyIsAsProtectedAsItsTokenObjectAndGoesWithIt) {
   }
   raw.fn()->C_DestroyObject(raw.handle(), wrapping_key);
 
-  // Still one copy after more signatures.
+  // Still one copy after more signatures, made ready ahead too.
+  backend().prepare();
   expect_signs_and_verifies(ref, spki, SignatureScheme::ecdsa);
+  backend().prepare();
   EXPECT_EQ(private_keys_with_id(raw, id).size(), 2u);
   const auto listed = backend().list_vault_objects();
   EXPECT_EQ(std::count(listed.begin(), listed.end(), id), 1);
@@ -151,6 +153,7 @@ TEST(SigningKey, KeyDestroyedOutsideTheVaultStopsSigningWithinTheRecheckInterval
   const Bytes spki = backend().generate_signing_key(id, SigningAlgorithm::ec_p256).public_key;
   const TokenKeyRef ref{"", id, ""};
   expect_signs_and_verifies(ref, spki, SignatureScheme::ecdsa);
+  backend().prepare();  // the next signature is made ready: it must not outlive the key
 
   RawSession raw(setup().config.module, pkcs11::kDefaultTokenLabel, setup().user_pin);
   ASSERT_TRUE(raw.login_rv() == CKR_OK || raw.login_rv() == CKR_USER_ALREADY_LOGGED_IN);
