@@ -34,7 +34,8 @@ class RequestHandler {
   virtual nlohmann::json handle(const Principal& principal, const Request& request) = 0;
   // Runs on the connection's thread after a reply has been sent, before it
   // waits for the next request: work that need not delay a reply. Skipped
-  // while every handler slot is taken. Must not throw.
+  // when the connection's next request has already arrived, or no handler
+  // slot is free at that moment. Must not throw.
   virtual void after_reply() noexcept {}
 };
 

@@ -290,9 +290,10 @@ class Connection {
           }
           consume(whole);
           if (!server_.send_all(fd_, out_)) return;
-          // Nobody waits on this connection now; when a handler slot is
-          // free, the handler may ready itself for what comes next.
-          if (server_.handler_slots.try_acquire()) {
+          // Nobody waits on this connection now (unless its next request
+          // is already here); when a handler slot is free, the handler
+          // may ready itself for what comes next.
+          if (buffered() == 0 && server_.handler_slots.try_acquire()) {
             server_.handler.after_reply();
             server_.handler_slots.release();
           }

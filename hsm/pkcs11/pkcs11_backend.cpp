@@ -177,13 +177,18 @@ class Pkcs11Backend final : public SecureElement {
       std::lock_guard lock(handles_mutex_);
       secret_handles_.erase(Bytes(object_id.begin(), object_id.end()));
     }
-    auto session = token_->sessions().borrow();
-    for (CK_OBJECT_HANDLE object :
-         find_vault_objects(fn(), session.handle(), object_id, CK_UNAVAILABLE_INFORMATION)) {
-      const CK_RV rv = fn()->C_DestroyObject(session.handle(), object);
-      if (rv != CKR_OK && rv != CKR_OBJECT_HANDLE_INVALID)
-        fail_call(Failure::internal, "C_DestroyObject", rv);
+    {
+      auto session = token_->sessions().borrow();
+      for (CK_OBJECT_HANDLE object :
+           find_vault_objects(fn(), session.handle(), object_id, CK_UNAVAILABLE_INFORMATION)) {
+        const CK_RV rv = fn()->C_DestroyObject(session.handle(), object);
+        if (rv != CKR_OK && rv != CKR_OBJECT_HANDLE_INVALID)
+          fail_call(Failure::internal, "C_DestroyObject", rv);
+      }
     }
+    // Once more: a signature that began before the key was removed may
+    // have copied it again (and armed a session for it) in between.
+    signing_.forget(object_id);
   }
 
   std::vector<Bytes> list_vault_objects() override {

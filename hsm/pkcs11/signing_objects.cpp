@@ -101,31 +101,27 @@ SigningObjects::Outcome SigningObjects::sign_once(const Bytes& object_id, const 
                                                   std::span<const CK_BYTE> input,
                                                   std::span<CK_BYTE> out) {
   if (mechanism.mechanism != CKM_RSA_PKCS_PSS) {
-    const Armed wanted{CK_INVALID_HANDLE, entry.handle(), mechanism.mechanism};
-    const auto park = [&](CK_SESSION_HANDLE session) {
-      std::lock_guard lock(mutex_);
-      parked_.emplace_back(object_id, Armed{session, wanted.key, wanted.mechanism});
-    };
+    const Armed wanted{CK_INVALID_HANDLE, entry.generation, entry.handle(), mechanism.mechanism};
     if (const auto session = take_armed(object_id, wanted)) {
       CK_ULONG size = out.size();
       // Not const-correct in PKCS#11: C_Sign does not write its input.
       auto* data = const_cast<CK_BYTE*>(input.data());
       if (token_.fn()->C_Sign(*session, data, input.size(), out.data(), &size) == CKR_OK) {
-        park(*session);
+        park(object_id, Armed{*session, wanted.generation, wanted.key, wanted.mechanism});
         return Outcome{CKR_OK, "C_Sign", size};
       }
       // Whatever went wrong, the session is not trusted again; the
       // signature is tried once more the ordinary way, which reports a
       // failure that lasts.
-      close_sessions({*session});
+      close_session(*session);
     }
     if (const auto session = take_spare()) {
       const Outcome outcome = init_and_sign(*session, mechanism, entry.handle(), input, out);
       if (outcome.rv == CKR_OK) {
-        park(*session);
+        park(object_id, Armed{*session, wanted.generation, wanted.key, wanted.mechanism});
         return outcome;
       }
-      close_sessions({*session});
+      close_session(*session);
       // A session the module dropped says nothing of the key: the pool's
       // session answers instead. Any other failure is the signature's.
       if (outcome.rv != CKR_SESSION_HANDLE_INVALID && outcome.rv != CKR_SESSION_CLOSED) {
@@ -151,20 +147,29 @@ SigningObjects::Outcome SigningObjects::init_and_sign(CK_SESSION_HANDLE session,
   return Outcome{rv, "C_Sign", size};
 }
 
+void SigningObjects::park(const Bytes& object_id, const Armed& armed) noexcept {
+  try {
+    std::lock_guard lock(mutex_);
+    parked_.emplace_back(object_id, armed);
+  } catch (...) {  // std::bad_alloc: the session is closed instead
+    close_session(armed.session);
+  }
+}
+
 void SigningObjects::arm_pending() noexcept {
+  // Only what is parked now: under load, other connections park sessions
+  // as fast as one thread could arm them, and this thread has a request of
+  // its own to wait for.
+  std::vector<std::pair<Bytes, Armed>> batch;
+  {
+    std::lock_guard lock(mutex_);
+    batch.swap(parked_);
+  }
   CK_FUNCTION_LIST* fn = token_.fn();
-  for (;;) {
-    std::pair<Bytes, Armed> next;
-    {
-      std::lock_guard lock(mutex_);
-      if (parked_.empty()) return;
-      next = std::move(parked_.back());
-      parked_.pop_back();
-    }
-    const auto& [object_id, armed] = next;
+  for (const auto& [object_id, armed] : batch) {
     CK_MECHANISM mechanism{armed.mechanism, nullptr, 0};
     if (fn->C_SignInit(armed.session, &mechanism, armed.key) != CKR_OK) {
-      close_sessions({armed.session});  // its state is unknown; a new one is cheap
+      close_session(armed.session);  // its state is unknown; a new one is cheap
       continue;
     }
     bool current = false;
@@ -172,91 +177,85 @@ void SigningObjects::arm_pending() noexcept {
       std::lock_guard lock(mutex_);
       const auto it = entries_.find(object_id);
       // The key may have been forgotten or replaced while it was armed.
-      current = it != entries_.end() && it->second.handle() == armed.key;
+      current = it != entries_.end() && it->second.generation == armed.generation;
       if (current) armed_[object_id].push_back(armed);
     } catch (...) {  // std::bad_alloc: the session is closed instead
       current = false;
     }
-    if (!current) close_sessions({armed.session});
+    if (!current) close_session(armed.session);
   }
 }
 
 std::optional<CK_SESSION_HANDLE> SigningObjects::take_armed(const Bytes& object_id,
                                                             const Armed& wanted) {
-  std::vector<CK_SESSION_HANDLE> stale;
-  std::optional<CK_SESSION_HANDLE> found;
+  std::vector<Armed> stale;
   {
     std::lock_guard lock(mutex_);
     const auto it = armed_.find(object_id);
     if (it == armed_.end()) return std::nullopt;
-    auto& sessions = it->second;
-    while (!sessions.empty() && !found) {
-      const Armed armed = sessions.back();
-      sessions.pop_back();
-      if (armed.key == wanted.key && armed.mechanism == wanted.mechanism) {
-        found = armed.session;
-      } else {
-        stale.push_back(armed.session);
-      }
+    const Armed armed = it->second.back();
+    if (armed.generation == wanted.generation && armed.mechanism == wanted.mechanism) {
+      it->second.pop_back();
+      if (it->second.empty()) armed_.erase(it);
+      return armed.session;
     }
-    if (sessions.empty()) armed_.erase(it);
+    // Armed for an entry that is gone (forget() and entry_for() disarm, so
+    // this is a second line of defence): none of them may sign.
+    stale = disarm_locked(object_id);
   }
-  close_sessions(stale);
-  return found;
+  for (const Armed& armed : stale) close_session(armed.session);
+  return std::nullopt;
 }
 
 std::optional<CK_SESSION_HANDLE> SigningObjects::take_spare() {
-  std::vector<CK_SESSION_HANDLE> stolen;
+  CK_SESSION_HANDLE stolen = CK_INVALID_HANDLE;
   {
     std::lock_guard lock(mutex_);
-    if (!idle_.empty()) {
-      const CK_SESSION_HANDLE session = idle_.back();
-      idle_.pop_back();
-      return session;
-    }
-    if (!parked_.empty()) {  // nobody armed it (no arm_pending() caller)
+    if (!parked_.empty()) {  // not armed yet, or nobody arms (no arm_pending() caller)
       const CK_SESSION_HANDLE session = parked_.back().second.session;
       parked_.pop_back();
       return session;
     }
-    if (opened_ >= kMaxSessions) {
+    if (opened_ >= limit_) {
       // All in use or armed: take one from the key with the most armed.
       auto most = armed_.end();
       for (auto it = armed_.begin(); it != armed_.end(); ++it) {
         if (most == armed_.end() || it->second.size() > most->second.size()) most = it;
       }
       if (most == armed_.end()) return std::nullopt;
-      stolen.push_back(most->second.back().session);
+      stolen = most->second.back().session;
       most->second.pop_back();
       if (most->second.empty()) armed_.erase(most);
     }
     ++opened_;  // reserved before the lock is released; undone on failure
   }
-  close_sessions(stolen);
+  if (stolen != CK_INVALID_HANDLE) close_session(stolen);  // ends its operation
   CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
   if (token_.fn()->C_OpenSession(token_.slot(), CKF_SERIAL_SESSION, nullptr, nullptr, &session) !=
       CKR_OK) {
     std::lock_guard lock(mutex_);
     --opened_;
+    limit_ = opened_;  // the module has no more to give: do not ask each time
     return std::nullopt;
   }
   return session;
 }
 
-void SigningObjects::disarm_locked(const Bytes& object_id, std::vector<CK_SESSION_HANDLE>& out) {
+std::vector<SigningObjects::Armed> SigningObjects::disarm_locked(const Bytes& object_id) noexcept {
+  std::vector<Armed> out;
   if (const auto it = armed_.find(object_id); it != armed_.end()) {
-    for (const Armed& armed : it->second) out.push_back(armed.session);
+    out.swap(it->second);
     armed_.erase(it);
   }
+  return out;
 }
 
-void SigningObjects::close_sessions(const std::vector<CK_SESSION_HANDLE>& sessions) noexcept {
-  if (sessions.empty()) return;
+void SigningObjects::close_session(CK_SESSION_HANDLE session) noexcept {
   // Closing a session ends the operation active in it; the session objects
   // it would take along are never made in these sessions.
-  for (const CK_SESSION_HANDLE session : sessions) token_.fn()->C_CloseSession(session);
+  token_.fn()->C_CloseSession(session);
   std::lock_guard lock(mutex_);
-  opened_ -= sessions.size();
+  --opened_;
 }
 
 std::size_t SigningObjects::sessions_open() const {
@@ -273,7 +272,7 @@ std::size_t SigningObjects::sessions_armed() const {
 
 void SigningObjects::forget(std::span<const std::uint8_t> object_id) {
   const Bytes id(object_id.begin(), object_id.end());
-  std::vector<CK_SESSION_HANDLE> disarmed;
+  std::vector<Armed> disarmed;
   {
     std::shared_ptr<const SessionObject> gone;  // destroyed after the lock is released
     std::lock_guard lock(mutex_);
@@ -281,27 +280,25 @@ void SigningObjects::forget(std::span<const std::uint8_t> object_id) {
       gone = std::move(it->second.copy);
       entries_.erase(it);
     }
-    disarm_locked(id, disarmed);
+    disarmed = disarm_locked(id);
   }
-  close_sessions(disarmed);
+  for (const Armed& armed : disarmed) close_session(armed.session);
 }
 
-void SigningObjects::clear() {
-  std::vector<CK_SESSION_HANDLE> own;
+void SigningObjects::clear() noexcept {
+  std::map<Bytes, std::vector<Armed>> armed;
+  std::vector<std::pair<Bytes, Armed>> parked;
   {
     std::map<Bytes, Entry> gone;  // destroyed after the lock is released
     std::lock_guard lock(mutex_);
     gone.swap(entries_);
-    for (const auto& [id, sessions] : armed_) {
-      for (const Armed& armed : sessions) own.push_back(armed.session);
-    }
-    armed_.clear();
-    for (const auto& [id, armed] : parked_) own.push_back(armed.session);
-    parked_.clear();
-    own.insert(own.end(), idle_.begin(), idle_.end());
-    idle_.clear();
+    armed.swap(armed_);
+    parked.swap(parked_);
   }
-  close_sessions(own);
+  for (const auto& [id, sessions] : armed) {
+    for (const Armed& session : sessions) close_session(session.session);
+  }
+  for (const auto& [id, session] : parked) close_session(session.session);
 }
 
 SigningObjects::Entry SigningObjects::entry_for(const Bytes& object_id) {
@@ -331,18 +328,19 @@ SigningObjects::Entry SigningObjects::entry_for(const Bytes& object_id) {
   }
   Entry fresh = make_entry(session.handle(), found.front());
   fresh.found = now;
-  std::vector<CK_SESSION_HANDLE> disarmed;
+  std::vector<Armed> disarmed;
   Entry result;
   {
     std::shared_ptr<const SessionObject> replaced;  // destroyed after the lock is released
     std::lock_guard lock(mutex_);
+    fresh.generation = ++generations_;
     Entry& slot = entries_[object_id];
     replaced = std::move(slot.copy);
     slot = fresh;
-    disarm_locked(object_id, disarmed);
+    disarmed = disarm_locked(object_id);
     result = slot;
   }
-  close_sessions(disarmed);
+  for (const Armed& armed : disarmed) close_session(armed.session);
   return result;
 }
 

@@ -63,15 +63,16 @@ class SigningObjects {
   Bytes sign(std::span<const std::uint8_t> object_id, SignatureScheme scheme,
              std::span<const std::uint8_t> digest);
 
-  // Arms the sessions parked by signatures since the last call (see above).
-  // Never throws: a session that cannot be armed is left unarmed.
+  // Arms the sessions parked by signatures before the call (see above);
+  // those parked meanwhile wait for the next call. Never throws: a session
+  // that cannot be armed is closed.
   void arm_pending() noexcept;
 
   // Drops the copy of this key (before or after its token objects go) and
   // closes the sessions armed with it.
   void forget(std::span<const std::uint8_t> object_id);
   // Drops every copy and closes every session of this object's own.
-  void clear();
+  void clear() noexcept;
 
   // Sessions of this object's own: opened, and of those armed (tests).
   std::size_t sessions_open() const;
@@ -85,12 +86,17 @@ class SigningObjects {
     CK_KEY_TYPE key_type = CKK_EC;
     std::shared_ptr<const SessionObject> copy;  // null: the token refused one
     std::chrono::steady_clock::time_point found;
+    // Told apart from every entry before it: a module may hand out the
+    // handle of a destroyed object again.
+    std::uint64_t generation = 0;
     CK_OBJECT_HANDLE handle() const noexcept { return copy ? copy->handle() : original; }
   };
 
-  // An own session with C_SignInit(mechanism, key) done, or to be done.
+  // An own session with C_SignInit(mechanism, key) done, or to be done,
+  // for the entry of that generation.
   struct Armed {
     CK_SESSION_HANDLE session = CK_INVALID_HANDLE;
+    std::uint64_t generation = 0;
     CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
     CK_MECHANISM_TYPE mechanism = CKM_ECDSA;
   };
@@ -112,15 +118,17 @@ class SigningObjects {
                         std::span<const CK_BYTE> input, std::span<CK_BYTE> out);
   std::optional<CK_SESSION_HANDLE> take_armed(const Bytes& object_id, const Armed& wanted);
   std::optional<CK_SESSION_HANDLE> take_spare();
-  // Moves the key's armed sessions to `out` (mutex_ held).
-  void disarm_locked(const Bytes& object_id, std::vector<CK_SESSION_HANDLE>& out);
-  void close_sessions(const std::vector<CK_SESSION_HANDLE>& sessions) noexcept;
+  void park(const Bytes& object_id, const Armed& armed) noexcept;
+  // Takes the key's armed sessions out (mutex_ held; allocates nothing).
+  std::vector<Armed> disarm_locked(const Bytes& object_id) noexcept;
+  void close_session(CK_SESSION_HANDLE session) noexcept;
 
   Token& token_;
   mutable std::mutex mutex_;
   std::map<Bytes, Entry> entries_;
+  std::uint64_t generations_ = 0;
   std::size_t opened_ = 0;                       // own sessions open
-  std::vector<CK_SESSION_HANDLE> idle_;          // own, no operation active
+  std::size_t limit_ = kMaxSessions;             // lowered if the module refuses more
   std::vector<std::pair<Bytes, Armed>> parked_;  // own, to be armed
   std::map<Bytes, std::vector<Armed>> armed_;    // own, C_SignInit done
 };

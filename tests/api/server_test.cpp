@@ -67,6 +67,24 @@ class TestHandler : public RequestHandler {
   std::atomic<int> after_replies{0};
 };
 
+// Opens the handler's gate when the test ends if the test did not, so a
+// failing test fails instead of hanging in the server's stop().
+class GateOpener {
+ public:
+  explicit GateOpener(TestHandler& handler) : handler_(handler) {}
+  ~GateOpener() { open(); }
+  GateOpener(const GateOpener&) = delete;
+  GateOpener& operator=(const GateOpener&) = delete;
+  void open() {
+    if (!opened_) handler_.gate.set_value();
+    opened_ = true;
+  }
+
+ private:
+  TestHandler& handler_;
+  bool opened_ = false;
+};
+
 class ServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -135,10 +153,11 @@ TEST_F(ServerTest, RoundTripAndErrorCodes) {
 // client: a "gated" request is answered while its after_reply() still waits.
 TEST_F(ServerTest, AfterReplyRunsOncePerReplyAfterItWasSent) {
   start();
+  GateOpener opener(handler_);
   auto c = client();
   EXPECT_EQ(c.call("gated"), json::object());  // would time out if after_reply() came first
   EXPECT_EQ(handler_.after_replies.load(), 0);
-  handler_.gate.set_value();
+  opener.open();
   EXPECT_EQ(c.call("echo", {{"n", 1}}), (json{{"n", 1}}));
   EXPECT_THROW(c.call("fail"), Error);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -146,6 +165,24 @@ TEST_F(ServerTest, AfterReplyRunsOncePerReplyAfterItWasSent) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   EXPECT_EQ(handler_.after_replies.load(), 3);  // errors are replies too
+}
+
+// A request already waiting comes before after_reply(): the "gated"
+// request's after_reply() would hold up the "echo" sent with it.
+TEST_F(ServerTest, AfterReplyWaitsWhileTheNextRequestIsAlreadyHere) {
+  start();
+  GateOpener opener(handler_);
+  auto c = client();
+  c.send_raw(frame_of(R"({"v":1,"id":1,"op":"gated"})") +
+             frame_of(R"({"v":1,"id":2,"op":"echo"})"));
+  EXPECT_EQ(c.receive().value("id", 0), 1);
+  EXPECT_EQ(c.receive().value("id", 0), 2);  // would time out if after_reply() ran between
+  opener.open();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (handler_.after_replies.load() < 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(handler_.after_replies.load(), 1);  // after the echo only
 }
 
 TEST_F(ServerTest, UnexpectedExceptionsRevealNothing) {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <iostream>
 #include <thread>
 #include <vector>
 
@@ -159,32 +160,55 @@ TEST_F(SigningObjectsTest, OwnSessionsStayWithinTheLimitWhenManyKeysAreArmed) {
   for (const Key& key : keys) setup().backend->destroy_token_object(key.id);
 }
 
-TEST_F(SigningObjectsTest, ThreadsSignAndArmAtOnce) {
+// Eight threads sign with two keys and arm, while another thread keeps
+// forgetting the first key (as a delete through the vault does before the
+// key is found again). A signature may then fail and be retried by its
+// caller, but none may be made with the wrong key or verify wrongly.
+TEST_F(SigningObjectsTest, ThreadsSignAndArmWhileAKeyIsForgotten) {
   std::vector<Key> keys;
   keys.push_back(generate());
   keys.push_back(generate());
-  std::atomic<int> failures{0};
+  std::atomic<int> wrong{0};
+  std::atomic<int> made{0};
+  std::atomic<int> failed{0};
+  std::atomic<bool> done{false};
+  std::thread forgetter([&] {
+    while (!done) {
+      objects_.forget(keys[0].id);
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
   std::vector<std::thread> threads;
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 40; ++i) {
         const Key& key = keys[(t + i) % keys.size()];
+        const Key& other = keys[(t + i + 1) % keys.size()];
         const Bytes digest = sha256(text_bytes(std::to_string(t) + "/" + std::to_string(i)));
         try {
           const Bytes signature = objects_.sign(key.id, SignatureScheme::ecdsa, digest);
-          if (!verifies(key.public_key.get(), SignatureScheme::ecdsa, digest, signature)) {
-            ++failures;
+          ++made;
+          if (!verifies(key.public_key.get(), SignatureScheme::ecdsa, digest, signature) ||
+              verifies(other.public_key.get(), SignatureScheme::ecdsa, digest, signature)) {
+            ++wrong;
           }
-        } catch (const std::exception&) {
-          ++failures;
+        } catch (const Error&) {
+          ++failed;
         }
         objects_.arm_pending();
       }
     });
   }
   for (auto& thread : threads) thread.join();
-  EXPECT_EQ(failures.load(), 0);
+  done = true;
+  forgetter.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_GT(made.load(), 8 * 40 / 2);  // the second key is never forgotten
   EXPECT_LE(objects_.sessions_open(), SigningObjects::kMaxSessions);
+  objects_.clear();
+  EXPECT_EQ(objects_.sessions_open(), 0u);
+  EXPECT_EQ(objects_.sessions_armed(), 0u);
+  std::cout << made.load() << " signatures made, " << failed.load() << " failed\n";
   for (const Key& key : keys) setup().backend->destroy_token_object(key.id);
 }
 
