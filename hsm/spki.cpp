@@ -22,6 +22,18 @@ using pkcs11::ParamPtr;
   throw Error(Failure::internal, std::string(what) + " failed");
 }
 
+// `object` in DER through its OpenSSL i2d_ function (`name`, for errors):
+// once for the size, once for the bytes.
+template <typename T>
+Bytes to_der(int (*i2d)(const T*, unsigned char**), const T* object, const char* name) {
+  const int size = i2d(object, nullptr);
+  if (size <= 0) openssl_failed(name);
+  Bytes der(static_cast<std::size_t>(size));
+  unsigned char* out = der.data();
+  if (i2d(object, &out) != size) openssl_failed(name);
+  return der;
+}
+
 }  // namespace
 
 Bytes spki_from_params(const char* key_type, const OSSL_PARAM* params, const char* what) {
@@ -33,12 +45,7 @@ Bytes spki_from_params(const char* key_type, const OSSL_PARAM* params, const cha
     throw Error(Failure::internal, what);
   }
   const EvpPkeyPtr pkey(raw);
-  const int size = i2d_PUBKEY(pkey.get(), nullptr);
-  if (size <= 0) openssl_failed("i2d_PUBKEY");
-  Bytes der(static_cast<std::size_t>(size));
-  unsigned char* out = der.data();
-  if (i2d_PUBKEY(pkey.get(), &out) != size) openssl_failed("i2d_PUBKEY");
-  return der;
+  return to_der(i2d_PUBKEY, pkey.get(), "i2d_PUBKEY");
 }
 
 Bytes p256_spki(std::span<const std::uint8_t> point) {
@@ -63,12 +70,7 @@ Bytes ecdsa_der(std::span<const std::uint8_t> r, std::span<const std::uint8_t> s
   if (ECDSA_SIG_set0(sig.get(), r_bn.get(), s_bn.get()) != 1) openssl_failed("ECDSA_SIG_set0");
   (void)r_bn.release();  // owned by sig now
   (void)s_bn.release();
-  const int size = i2d_ECDSA_SIG(sig.get(), nullptr);
-  if (size <= 0) openssl_failed("i2d_ECDSA_SIG");
-  Bytes der(static_cast<std::size_t>(size));
-  unsigned char* out = der.data();
-  if (i2d_ECDSA_SIG(sig.get(), &out) != size) openssl_failed("i2d_ECDSA_SIG");
-  return der;
+  return to_der(i2d_ECDSA_SIG, sig.get(), "i2d_ECDSA_SIG");
 }
 
 }  // namespace m2mvault::hsm

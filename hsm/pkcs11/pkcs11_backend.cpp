@@ -224,8 +224,7 @@ class Pkcs11Backend final : public SecureElement {
 
   Bytes sign_digest(const TokenKeyRef& key, SignatureScheme scheme,
                     std::span<const std::uint8_t> digest) override {
-    // The vault's own keys carry no token label (adopted ones always do).
-    if (key.token_label.empty() && key.object_label.empty()) {
+    if (is_vault_key(key)) {
       check_object_id(key.object_id);
       return signing_.sign(key.object_id, scheme, digest);
     }
@@ -291,7 +290,7 @@ class Pkcs11Backend final : public SecureElement {
   Bytes public_key(const TokenKeyRef& key) override {
     Bytes spki;
     with_session(key.token_label, [&](CK_SESSION_HANDLE session) {
-      const bool vault_key = key.token_label.empty() && key.object_label.empty();
+      const bool vault_key = is_vault_key(key);
       if (vault_key) check_object_id(key.object_id);
       const auto found = vault_key
                              ? find_vault_objects(fn(), session, key.object_id, CKO_PUBLIC_KEY)
@@ -330,6 +329,12 @@ class Pkcs11Backend final : public SecureElement {
 
   std::string token_of(const TokenKeyRef& ref) const {
     return ref.token_label.empty() ? token_->label() : ref.token_label;
+  }
+
+  // The vault's own keys carry no token or object label; adopted ones
+  // always name their token.
+  static bool is_vault_key(const TokenKeyRef& ref) {
+    return ref.token_label.empty() && ref.object_label.empty();
   }
 
   static std::string describe(const TokenKeyRef& ref) {

@@ -109,7 +109,7 @@ Swtpm::~Swtpm() {
 }
 
 std::string Swtpm::address() const {
-  if (transport_ == Transport::unix_socket) return "path=" + (state_dir_ / "server.sock").string();
+  if (transport_ == Transport::unix_socket) return "path=" + server_socket().string();
   return "host=127.0.0.1,port=" + std::to_string(port_);
 }
 
@@ -131,14 +131,12 @@ Config Swtpm::shared_config() const {
 
 bool Swtpm::try_start() {
   const std::string state = "dir=" + state_dir_.string();
-  // On Unix sockets, the control channel where tpm2-tss's swtpm TCTI looks
-  // for it: the command socket's path + ".ctrl".
   const bool unix_socket = transport_ == Transport::unix_socket;
   const std::string server = unix_socket
-                                 ? "type=unixio,path=" + (state_dir_ / "server.sock").string()
+                                 ? "type=unixio,path=" + server_socket().string()
                                  : "type=tcp,port=" + std::to_string(port_) + ",bindaddr=127.0.0.1";
   const std::string control =
-      unix_socket ? "type=unixio,path=" + (state_dir_ / "server.sock.ctrl").string()
+      unix_socket ? "type=unixio,path=" + control_socket().string()
                   : "type=tcp,port=" + std::to_string(port_ + 1) + ",bindaddr=127.0.0.1";
   std::vector<std::string> args{"swtpm",
                                 "socket",
@@ -180,7 +178,7 @@ bool Swtpm::ready() const {
   // The control channel answers once the TPM is initialized; the server
   // channel comes up at the same time.
   if (transport_ == Transport::unix_socket) {
-    return accepts(state_dir_ / "server.sock.ctrl") && accepts(state_dir_ / "server.sock");
+    return accepts(control_socket()) && accepts(server_socket());
   }
   return accepts(port_ + 1) && accepts(port_);
 }
@@ -203,7 +201,7 @@ void Swtpm::start() {
 
 void Swtpm::init_via_control_channel() {
   const std::string channel = transport_ == Transport::unix_socket
-                                  ? "--unix " + (state_dir_ / "server.sock.ctrl").string()
+                                  ? "--unix " + control_socket().string()
                                   : "--tcp 127.0.0.1:" + std::to_string(port_ + 1);
   const std::string command = "swtpm_ioctl " + channel + " -i >/dev/null";
   if (run_command(command) != 0) throw std::runtime_error("swtpm_ioctl -i failed");

@@ -54,6 +54,10 @@ class Swtpm {
   bool ready() const;
   // "host=127.0.0.1,port=P" or "path=...": what follows a swtpm TCTI's prefix.
   std::string address() const;
+  // On Unix sockets: the command channel, and the control channel where
+  // tpm2-tss's swtpm TCTI looks for it (the command socket's path + ".ctrl").
+  std::filesystem::path server_socket() const { return state_dir_ / "server.sock"; }
+  std::filesystem::path control_socket() const { return state_dir_ / "server.sock.ctrl"; }
 
   Transport transport_;
   std::filesystem::path state_dir_;
